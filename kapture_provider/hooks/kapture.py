@@ -1,0 +1,329 @@
+"""KaptureHook: the one place that talks HTTP to Kapture."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json
+import random
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+from requests.adapters import HTTPAdapter
+
+from kapture_provider.exceptions import (
+    KaptureAuthError,
+    KaptureError,
+    KaptureRejectedError,
+    KaptureResponseError,
+    KaptureTransientError,
+    scrub,
+)
+from kapture_provider.hooks.throttle import RequestThrottle
+from kapture_provider.payload import prepare_order
+
+ORDER_PATH = "/ms/customer/order/api/v1/add-update"
+#: Kapture's read-only order search; ``test_connection`` uses it so the Test button never writes.
+ORDER_SEARCH_PATH = "/ms/customer-search/order-search/api/v1/pull-internal"
+_AUTH_WORDS = ("auth key", "unauthori", "invalid token", "invalid credential", "expired", "disabled")
+_RETRYABLE_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
+MAX_RETRY_AFTER = 300.0
+
+
+@dataclass(frozen=True)
+class KaptureSettings:
+    """Everything the hook reads from the connection, after defaults and overrides."""
+
+    base_url: str
+    authorization: str
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    max_retries: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    pool_size: int = 32
+
+
+def base_url_from_host(host: str, *, allow_insecure_http: bool = False) -> str:
+    """A full base URL from the connection's Host: a URL, a host name, or a bare subdomain."""
+    host = (host or "").strip().rstrip("/")
+    if not host:
+        raise ValueError("the Kapture connection has no Host: set the base URL or the subdomain")
+    if "://" not in host:
+        host = f"https://{host}.kapturecrm.com" if "." not in host and ":" not in host else f"https://{host}"
+    parts = urlsplit(host)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the Kapture connection's Host {host!r} is not an http(s) URL or a subdomain")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"refusing plain http:// to {parts.hostname}: credentials would travel unencrypted. "
+            "Use https://, or set the connection extra allow_insecure_http=true if you really mean it"
+        )
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _is_loopback(hostname: str) -> bool:
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
+
+
+def basic_authorization(login: str | None, password: str | None) -> str:
+    """``Basic base64(login:password)``; with no login, the password is a ready-made token."""
+    if not password:
+        raise ValueError("the Kapture connection has no Password (or token)")
+    token = base64.b64encode(f"{login}:{password}".encode()).decode("ascii") if login else password
+    mask_secret(token)
+    return f"Basic {token}"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class KaptureHook(BaseHook):
+    """Talks to Kapture CRM's order API through one pooled, thread-safe HTTP session.
+
+    Connection: Host = base URL (``https://acme.kapturecrm.com``) or bare subdomain (``acme``);
+    Login/Password = Kapture user name and password (empty Login: Password is a ready-made Basic token).
+    Extras (all optional): ``timeout`` (read timeout, s, 30), ``connect_timeout`` (s, 10),
+    ``max_retries`` (5), ``backoff_base`` (s, 0.5), ``backoff_max`` (s, 30), ``pool_size`` (32),
+    ``allow_insecure_http`` (false; plain http is otherwise allowed for loopback hosts only).
+    Keyword arguments override the extras.
+
+    :param kapture_conn_id: the Airflow connection id.
+    :param max_requests_per_second: space requests evenly across all threads using this hook.
+    """
+
+    conn_name_attr = "kapture_conn_id"
+    default_conn_name = "kapture_default"
+    conn_type = "kapture"
+    hook_name = "Kapture CRM"
+
+    def __init__(
+        self,
+        kapture_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        pool_size: int | None = None,
+        max_requests_per_second: float | None = None,
+    ):
+        super().__init__()
+        self.kapture_conn_id = kapture_conn_id
+        self._overrides = {"timeout": timeout, "max_retries": max_retries, "pool_size": pool_size}
+        self.throttle = RequestThrottle(max_requests_per_second)
+        self._random = random.Random()
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+
+    @cached_property
+    def settings(self) -> KaptureSettings:
+        """Connection fields and extras, validated, with constructor overrides applied."""
+        conn = self.get_connection(self.kapture_conn_id)
+        extra = conn.extra_dejson
+        values: dict[str, Any] = {}
+        for name, kind in (
+            ("timeout", float), ("connect_timeout", float), ("max_retries", int),
+            ("backoff_base", float), ("backoff_max", float), ("pool_size", int),
+        ):  # fmt: skip
+            raw = self._overrides.get(name)
+            raw = extra.get(name) if raw is None else raw
+            if raw not in (None, ""):
+                try:
+                    values[name] = kind(raw)
+                except (TypeError, ValueError):
+                    raise ValueError(f"connection extra {name!r} must be a {kind.__name__}, got {raw!r}") from None
+        base_url = base_url_from_host(
+            _host_with_port(conn.host, conn.port),
+            allow_insecure_http=str(extra.get("allow_insecure_http", "")).lower() in ("1", "true", "yes"),
+        )
+        return KaptureSettings(base_url, basic_authorization(conn.login, conn.password), **values)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One keep-alive session, its pool sized for concurrent use, TLS verification on."""
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.settings.pool_size, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.verify = True
+        session.trust_env = False  # never pick up a proxy or a netrc password from the environment
+        session.headers.update(
+            {
+                "Authorization": self.settings.authorization,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": "airflow-provider-kapture",
+            }
+        )
+        return session
+
+    def update_order(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate one order body and add/update it in Kapture; returns Kapture's parsed answer."""
+        order = prepare_order(payload)
+        return self.post_order(order.data, order_id=order.order_id)
+
+    def post_order(self, data: bytes, *, order_id: str) -> dict[str, Any]:
+        """POST an encoded order body, retrying transient failures; raises a :class:`KaptureError`."""
+        return self._post(ORDER_PATH, data, order_id=order_id)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the host answers and accepts the credentials, without creating or changing anything.
+
+        It asks Kapture's read-only order search for nothing (``cmId`` 0). Any JSON answer that is not
+        an authentication failure proves the credentials were accepted: an "Invalid Auth Key" answer,
+        401 or 403 means they were not.
+        """
+        try:
+            self._post(ORDER_SEARCH_PATH, b'{"cmId": 0}', order_id=None, attempts=1)
+        except KaptureAuthError as err:
+            return False, f"Kapture refused the credentials: {err}"
+        except (KaptureRejectedError, KaptureResponseError):
+            pass  # the search refused the empty query after authenticating: that is what we asked for
+        except (KaptureError, ValueError) as err:
+            return False, str(err)
+        return True, f"Connected to {self.settings.base_url}; credentials accepted"
+
+    def _post(self, path: str, data: bytes, *, order_id: str | None, attempts: int | None = None) -> dict[str, Any]:
+        settings = self.settings
+        url = settings.base_url + path
+        attempts = settings.max_retries + 1 if attempts is None else attempts
+        for attempt in range(attempts):
+            self.throttle.wait()
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                response = self.session.post(
+                    url,
+                    data=data,
+                    timeout=(settings.connect_timeout, settings.timeout),
+                    allow_redirects=False,
+                )
+                return _classify(response, order_id)
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as err:
+                failure: KaptureTransientError = KaptureTransientError(
+                    f"order {order_id}: {_describe_network_error(err)}", order_id=order_id
+                )
+                retry_after = None
+            except _Retry as retry:
+                failure, retry_after = retry.error, retry.retry_after
+            if attempt + 1 >= attempts:
+                raise KaptureTransientError(
+                    f"{failure.message} (gave up after {attempts} attempts)",
+                    order_id=order_id,
+                    status_code=failure.status_code,
+                )
+            if retry_after is not None:
+                self.throttle.pause(retry_after)
+            else:
+                cap = min(settings.backoff_max, settings.backoff_base * 2**attempt)
+                time.sleep(self._random.uniform(0, cap))  # exponential backoff, full jitter
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        if "session" in self.__dict__:
+            self.session.close()
+
+
+class _Retry(Exception):
+    """Internal: a transient answer, with the server's Retry-After if it sent one."""
+
+    def __init__(self, error: KaptureTransientError, retry_after: float | None):
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+def _classify(response: requests.Response, order_id: str | None) -> dict[str, Any]:
+    """Turn one HTTP answer into the parsed body, or raise the error class it belongs to."""
+    code = response.status_code
+    prefix = f"order {order_id}: " if order_id else ""
+    body: Any = None
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        pass
+    fields = {str(k).lower(): v for k, v in body.items()} if isinstance(body, dict) else {}
+    status = str(fields.get("status", "")).lower()
+    message = scrub(str(fields.get("message") or ""))
+    if code in (401, 403) or (status == "failed" and any(w in message.lower() for w in _AUTH_WORDS)):
+        raise KaptureAuthError(
+            f"{prefix}Kapture refused the credentials (HTTP {code}): {message or 'no message'}",
+            order_id=order_id,
+            status_code=code,
+        )
+    if code in _RETRYABLE_STATUS or (200 <= code < 300 and body is None):
+        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(response)}")
+        error = KaptureTransientError(f"{prefix}{what}", order_id=order_id, status_code=code)
+        raise _Retry(error, parse_retry_after(response.headers.get("Retry-After")))
+    if 300 <= code < 400:
+        raise KaptureRejectedError(
+            f"{prefix}Kapture redirected (HTTP {code}); redirects are not followed so the credentials "
+            "never go to another host: point the connection's Host at the final address",
+            order_id=order_id,
+            status_code=code,
+        )
+    if not 200 <= code < 300 or status == "failed":
+        detail = message or (f"body {_excerpt(response)}" if body is None else "no message")
+        raise KaptureRejectedError(
+            f"{prefix}Kapture refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
+        )
+    if status != "success":
+        raise KaptureResponseError(
+            f"{prefix}HTTP {code} without a success status: {_excerpt(response)}",
+            order_id=order_id,
+            status_code=code,
+        )
+    return body  # type: ignore[no-any-return]
+
+
+def _excerpt(response: requests.Response) -> str:
+    text = response.content[:400].decode("utf-8", errors="replace")
+    return repr(scrub(text, 80)) if text.strip() else "empty"
+
+
+def _describe_network_error(err: Exception) -> str:
+    if isinstance(err, requests.Timeout):
+        return "no answer within the timeout"
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return "the answer was cut off"
+    return "connection failed or was reset"
+
+
+def _host_with_port(host: str | None, port: int | None) -> str:
+    if not port or not host:
+        return host or ""
+    if "://" in host:
+        parts = urlsplit(host)
+        return host if parts.port else host.replace(parts.netloc, f"{parts.netloc}:{port}", 1)
+    return f"{host}:{port}"

@@ -1,0 +1,122 @@
+"""UpdateOrderOperator: add or update a handful of orders given as documented order bodies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.log import mask_secret
+
+from kapture_provider.exceptions import KaptureAuthError, KaptureError
+from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.payload import PERSONAL_FIELDS, InvalidOrder, prepare_order
+
+
+class UpdateOrderOperator(BaseOperator):
+    """Validate and send one order body, or a list of them, to Kapture's add-update endpoint.
+
+    Every body is validated first (``order_info.order_id`` and ``customer_info.customer_name``
+    non-empty, every value JSON-serialisable); an invalid one is reported and never sent.
+
+    :param orders: an order body in the documented nested shape, or a list of them (templated; an
+        XComArg works too). Personal fields in it are masked in logs and rendered templates.
+    :param kapture_conn_id: the Kapture connection.
+    :param max_failed_orders: how many orders may fail or be invalid before the task fails (default 0).
+    :param timezone: timezone datetimes are written in (``yyyy-MM-dd HH:mm:ss``).
+    :return: ``{"succeeded", "failed", "invalid", "orders": [{"order_id", "status", "error"}]}`` —
+        order ids and reasons only, no personal data. Pushed to XCom even when the task fails.
+    """
+
+    template_fields: Sequence[str] = ("orders", "kapture_conn_id")
+    template_fields_renderers = {"orders": "json"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        orders: Any,
+        kapture_conn_id: str = KaptureHook.default_conn_name,
+        max_failed_orders: int = 0,
+        timezone: str = "UTC",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.orders = orders
+        self.kapture_conn_id = kapture_conn_id
+        self.max_failed_orders = max_failed_orders
+        self.timezone = timezone
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render as usual, then mask personal values so rendered fields and logs never show them."""
+        super().render_template_fields(context, jinja_env)
+        _mask_personal_values(self.orders)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        orders = [self.orders] if isinstance(self.orders, Mapping) else list(self.orders or [])
+        hook = KaptureHook(self.kapture_conn_id)
+        outcomes: list[dict[str, Any]] = []
+        try:
+            for position, body in enumerate(orders):
+                outcomes.append(self._update_one(hook, position, body))
+        finally:
+            hook.close()
+        summary = {
+            "succeeded": sum(o["status"] == "succeeded" for o in outcomes),
+            "failed": sum(o["status"] == "failed" for o in outcomes),
+            "invalid": sum(o["status"] == "invalid" for o in outcomes),
+            "orders": outcomes,
+        }
+        self.log.info("Kapture update: %d succeeded, %d failed, %d invalid",
+                      summary["succeeded"], summary["failed"], summary["invalid"])  # fmt: skip
+        bad = summary["failed"] + summary["invalid"]
+        if bad > self.max_failed_orders:
+            context["ti"].xcom_push(key="return_value", value=summary)
+            problems = "; ".join(f"#{o['position']} {o['order_id']}: {o['error']}" for o in outcomes if o["error"])
+            raise AirflowException(
+                f"{bad} of {len(outcomes)} orders failed or were invalid (max_failed_orders="
+                f"{self.max_failed_orders}): {problems}"
+            )
+        return summary
+
+    def _update_one(self, hook: KaptureHook, position: int, body: Any) -> dict[str, Any]:
+        order_id = _order_id_of(body)
+        try:
+            order = prepare_order(body, self.timezone)
+        except InvalidOrder as err:
+            self.log.warning("Order #%d (%s) is invalid, not sent: %s", position, order_id, err)
+            return {"position": position, "order_id": order_id, "status": "invalid", "error": str(err)}
+        try:
+            hook.post_order(order.data, order_id=order.order_id)
+        except KaptureAuthError as err:
+            raise AirflowFailException(str(err)) from None  # retrying cannot fix credentials
+        except KaptureError as err:
+            self.log.warning("Order #%d failed: %s", position, err)
+            return {
+                "position": position,
+                "order_id": order.order_id,
+                "status": "failed",
+                "error": err.message,
+            }
+        self.log.info("Order #%d (%s) updated in Kapture", position, order.order_id)
+        return {"position": position, "order_id": order.order_id, "status": "succeeded", "error": None}
+
+
+def _order_id_of(body: Any) -> str | None:
+    order_info = body.get("order_info") if isinstance(body, Mapping) else None
+    value = order_info.get("order_id") if isinstance(order_info, Mapping) else None
+    return str(value) if value not in (None, "") else None
+
+
+def _mask_personal_values(value: Any) -> None:
+    """Register every personal field's value with Airflow's secret masker."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key in PERSONAL_FIELDS and isinstance(item, str | int) and str(item).strip():
+                mask_secret(str(item))
+            else:
+                _mask_personal_values(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _mask_personal_values(item)

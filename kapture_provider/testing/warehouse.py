@@ -1,0 +1,123 @@
+"""An example ERP warehouse: the ``erp_orders`` table the example sync DAG reads, and realistic data.
+
+Schema (one row per order, its current state; ``updated_at`` in UTC)::
+
+    erp_orders(order_id VARCHAR(32) PRIMARY KEY, customer_name VARCHAR(200), phone VARCHAR(32),
+               email VARCHAR(200), city VARCHAR(100), invoice_no VARCHAR(32), invoice_date DATE,
+               delivery_status VARCHAR(32), payment_mode VARCHAR(32), total_amount NUMERIC(12, 2),
+               updated_at TIMESTAMP NOT NULL)
+
+Run ``python -m kapture_provider.testing.warehouse --db erp.db --orders 3000`` to create a SQLite
+warehouse; :func:`insert_orders` fills any DB-API connection (PostgreSQL in the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import sqlite3
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+ERP_ORDERS_DDL = """CREATE TABLE IF NOT EXISTS erp_orders (
+    order_id VARCHAR(32) PRIMARY KEY,
+    customer_name VARCHAR(200),
+    phone VARCHAR(32),
+    email VARCHAR(200),
+    city VARCHAR(100),
+    invoice_no VARCHAR(32),
+    invoice_date DATE,
+    delivery_status VARCHAR(32),
+    payment_mode VARCHAR(32),
+    total_amount NUMERIC(12, 2),
+    updated_at TIMESTAMP NOT NULL
+)"""
+ERP_ORDER_COLUMNS = (
+    "order_id", "customer_name", "phone", "email", "city", "invoice_no", "invoice_date",
+    "delivery_status", "payment_mode", "total_amount", "updated_at",
+)  # fmt: skip
+TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+_FIRST = ("Aarav", "Diya", "Ishaan", "Kavya", "Rohan", "Ananya", "Vikram", "Meera", "Arjun", "Saanvi")
+_LAST = ("Sharma", "Iyer", "Patel", "Reddy", "Nair", "Gupta", "Khan", "Das", "Menon", "Singh")
+_CITIES = ("Bengaluru", "Mumbai", "Delhi", "Chennai", "Hyderabad", "Pune", "Kolkata", "Jaipur")
+_STATUSES = ("Placed", "Packed", "Shipped", "Out for delivery", "Delivered", "Returned")
+_PAYMENTS = ("UPI", "Card", "Cash on delivery", "Net banking")
+
+
+def generate_orders(
+    count: int,
+    start: dt.datetime,
+    end: dt.datetime,
+    *,
+    seed: int = 7,
+    invalid: int = 0,
+    first_id: int = 23_500_000,
+) -> Iterator[tuple[Any, ...]]:
+    """Yield ``count`` order rows with ``updated_at`` spread over ``[start, end)``.
+
+    The first ``invalid`` rows (by position) have an empty customer name, so Kapture's mandatory
+    field is missing and the sync must report them.
+    """
+    rng = random.Random(seed)
+    span = (end - start).total_seconds()
+    for i in range(count):
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        name = "" if i < invalid else f"{first} {last}"
+        updated = start + dt.timedelta(seconds=int(span * i / max(count, 1)))
+        yield (
+            f"{first_id + i:08d}",
+            name,
+            f"9{rng.randrange(10**9):09d}",
+            f"{first.lower()}.{last.lower()}{i}@example.com",
+            rng.choice(_CITIES),
+            f"INV-{first_id + i}",
+            (updated - dt.timedelta(days=rng.randrange(30))).strftime("%Y-%m-%d"),
+            rng.choice(_STATUSES),
+            rng.choice(_PAYMENTS),
+            Decimal(rng.randrange(10_000, 5_000_000)) / 100,
+            updated.strftime(TIMESTAMP_FORMAT),
+        )
+
+
+def insert_orders(conn: Any, rows: Sequence[tuple[Any, ...]], placeholder: str = "?") -> None:
+    """Create ``erp_orders`` if needed and insert (or replace) rows through a DB-API connection."""
+    cur = conn.cursor()
+    cur.execute(ERP_ORDERS_DDL)
+    marks = ", ".join([placeholder] * len(ERP_ORDER_COLUMNS))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ERP_ORDER_COLUMNS[1:])
+    cur.executemany(
+        f"INSERT INTO erp_orders ({', '.join(ERP_ORDER_COLUMNS)}) VALUES ({marks}) "
+        f"ON CONFLICT (order_id) DO UPDATE SET {updates}",
+        [_adapt(row, placeholder) for row in rows],
+    )
+    conn.commit()
+    cur.close()
+
+
+def _adapt(row: tuple[Any, ...], placeholder: str) -> tuple[Any, ...]:
+    # sqlite3 has no Decimal adapter: store amounts as text with NUMERIC affinity (exact digits)
+    return tuple(str(v) if isinstance(v, Decimal) and placeholder == "?" else v for v in row)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Create a SQLite ERP warehouse with example orders.")
+    parser.add_argument("--db", required=True, help="SQLite file to create or extend")
+    parser.add_argument("--orders", type=int, default=3000)
+    parser.add_argument("--invalid", type=int, default=3, help="rows with a missing customer name")
+    parser.add_argument("--start", default="2026-11-26T00:00:00", help="first updated_at (UTC)")
+    parser.add_argument("--hours", type=int, default=4, help="hours the updates are spread over")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    start = dt.datetime.fromisoformat(args.start)
+    rows = list(generate_orders(args.orders, start, start + dt.timedelta(hours=args.hours),
+                                seed=args.seed, invalid=args.invalid))  # fmt: skip
+    with sqlite3.connect(args.db) as conn:
+        insert_orders(conn, rows)
+    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {args.db}, {args.hours} h from {start}")
+
+
+if __name__ == "__main__":
+    main()

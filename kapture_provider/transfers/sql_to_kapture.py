@@ -1,0 +1,152 @@
+"""SqlToKaptureOrdersOperator: stream changed orders from any SQL connection into Kapture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import BaseHook, BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from kapture_provider.exceptions import KaptureAuthError
+from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.payload import ORDER_ID_PATH, MappingError
+from kapture_provider.sync.engine import OrderSync, SyncSummary
+from kapture_provider.sync.ledger import Ledger
+from kapture_provider.sync.source import Parameters, describe, newest_per_order, stream_rows, strip_sql
+
+#: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
+_LOGGED_PROBLEMS = 20
+
+
+class SqlToKaptureOrdersOperator(BaseOperator):
+    """Read orders with a SQL query and add/update them in Kapture, sending only what changed.
+
+    Columns map to the order body by name (see :mod:`kapture_provider.payload`); ``_``-prefixed
+    columns are control columns and are never sent. Rows stream in chunks (a server-side cursor
+    where the driver has one) and are pushed while reading, through one shared keep-alive session.
+
+    :param sql: the query (templated; a ``.sql`` file works). Named parameters may be written
+        ``:name`` or ``%(name)s`` on any driver; they are bound by the driver, never formatted in.
+    :param sql_conn_id: any connection whose hook is a common-sql ``DbApiHook`` (SQLite, PostgreSQL…).
+    :param parameters: query parameters (templated).
+    :param kapture_conn_id: the Kapture connection.
+    :param version_column: a column whose value orders the changes of one order (a version number or
+        an ``updated_at``). Only each order's newest row in a run is sent, and a row older than what
+        Kapture already has is skipped as ``stale`` (backfills never overwrite newer data).
+    :param ledger_conn_id: where the change ledger lives (default: ``sql_conn_id``).
+    :param ledger_table: the ledger table, created if missing.
+    :param max_concurrency: requests in flight at once (default 8).
+    :param max_requests_per_second: optional ceiling, spread evenly over time across all workers.
+    :param chunk_size: rows fetched and compared with the ledger at a time.
+    :param dry_run: read, map, validate and compare with the ledger; send and record nothing.
+    :param max_failed_ratio: the task fails when ``(failed + invalid) / rows`` exceeds this (default 0),
+        after every other row has been delivered and recorded.
+    :param timezone: timezone datetimes are written in.
+    :param row_mapper: optional callable ``row dict -> partial nested body`` merged over the columns.
+    :return: the run summary (counts, duration, throughput, failed and invalid order ids with reasons).
+    """
+
+    template_fields: Sequence[str] = ("sql", "parameters", "sql_conn_id", "kapture_conn_id", "ledger_table")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql", "parameters": "json"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        sql_conn_id: str,
+        parameters: Parameters = None,
+        kapture_conn_id: str = KaptureHook.default_conn_name,
+        version_column: str | None = None,
+        ledger_conn_id: str | None = None,
+        ledger_table: str = "kapture_order_sync_ledger",
+        max_concurrency: int = 8,
+        max_requests_per_second: float | None = None,
+        chunk_size: int = 1000,
+        dry_run: bool = False,
+        max_failed_ratio: float = 0.0,
+        timezone: str = "UTC",
+        row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not 0 <= max_failed_ratio <= 1:
+            raise ValueError("max_failed_ratio must be between 0 and 1")
+        self.sql = sql
+        self.sql_conn_id = sql_conn_id
+        self.parameters = parameters
+        self.kapture_conn_id = kapture_conn_id
+        self.version_column = version_column
+        self.ledger_conn_id = ledger_conn_id
+        self.ledger_table = ledger_table
+        self.max_concurrency = max_concurrency
+        self.max_requests_per_second = max_requests_per_second
+        self.chunk_size = chunk_size
+        self.is_dry_run = dry_run
+        self.max_failed_ratio = max_failed_ratio
+        self.timezone = timezone
+        self.row_mapper = row_mapper
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        source = _db_hook(self.sql_conn_id)
+        ledger = Ledger(_db_hook(self.ledger_conn_id) if self.ledger_conn_id else source, self.ledger_table)
+        kapture = KaptureHook(
+            self.kapture_conn_id,
+            pool_size=max(self.max_concurrency, 1),
+            max_requests_per_second=self.max_requests_per_second,
+        )
+        engine = OrderSync(kapture, ledger, max_concurrency=self.max_concurrency, dry_run=self.is_dry_run)
+        try:
+            ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
+            columns, chunks = stream_rows(source, self._query(source), self.parameters, self.chunk_size)
+            summary = engine.run(
+                columns, chunks, timezone=self.timezone, version_column=self.version_column,
+                row_mapper=self.row_mapper,
+            )  # fmt: skip
+        except (KaptureAuthError, MappingError) as err:
+            raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
+        finally:
+            ledger.close()
+            kapture.close()
+        return self._report(context, summary)
+
+    def _query(self, source: DbApiHook) -> str:
+        """The query to stream; with a version column, only each order's newest row comes back."""
+        sql = strip_sql(self.sql)
+        if not self.version_column:
+            return sql
+        columns = describe(source, sql, self.parameters)
+        id_column = next((c for c in columns if c in ("order_id", ORDER_ID_PATH)), None)
+        return newest_per_order(sql, id_column, self.version_column) if id_column else sql
+
+    def _report(self, context: Context, summary: SyncSummary) -> dict[str, Any]:
+        result = summary.as_dict()
+        verb = "would send" if self.is_dry_run else "sent"
+        self.log.info(
+            "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed, %d earlier failures retried), "
+            "%d unchanged, %d stale, %d invalid, %d requests in %.1f s (%.1f orders/s)",
+            summary.rows_read, verb, summary.to_send, summary.succeeded, summary.failed, summary.retried,
+            summary.unchanged, summary.stale, summary.invalid, summary.requests, summary.duration_seconds,
+            summary.orders_per_second,
+        )  # fmt: skip
+        for problem in (summary.failed_orders + summary.invalid_rows)[:_LOGGED_PROBLEMS]:
+            self.log.warning("Not delivered: %s", problem)
+        if summary.failure_ratio > self.max_failed_ratio:
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowException(
+                f"{summary.failed} failed and {summary.invalid} invalid of {summary.considered} orders "
+                f"({summary.failure_ratio:.2%} > max_failed_ratio {self.max_failed_ratio:.2%}); every other "
+                f"order was delivered and recorded. Failed orders are retried by the next run; fix invalid "
+                f"rows in the warehouse. Ledger: {self.ledger_table}"
+            )
+        return result
+
+
+def _db_hook(conn_id: str) -> DbApiHook:
+    hook = BaseHook.get_connection(conn_id).get_hook()
+    if not isinstance(hook, DbApiHook):
+        raise AirflowFailException(f"connection {conn_id!r} has no SQL (common-sql DbApiHook) hook")
+    return hook
