@@ -136,7 +136,7 @@ class KaptureHook(BaseHook):
         super().__init__()
         self.kapture_conn_id = kapture_conn_id
         self._overrides = {"timeout": timeout, "max_retries": max_retries, "pool_size": pool_size}
-        self.throttle = RequestThrottle(max_requests_per_second)
+        self.throttle = RequestThrottle(max_requests_per_second)  # adaptive unless a rate is given
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
@@ -211,43 +211,41 @@ class KaptureHook(BaseHook):
 
     def _post(self, path: str, data: bytes, *, order_id: str | None, attempts: int | None = None) -> dict[str, Any]:
         settings = self.settings
-        url = settings.base_url + path
         attempts = settings.max_retries + 1 if attempts is None else attempts
         for attempt in range(attempts):
-            self.throttle.wait()
-            with self._lock:
-                self.requests_sent += 1
             try:
-                response = self.session.post(
-                    url,
-                    data=data,
-                    timeout=(settings.connect_timeout, settings.timeout),
-                    allow_redirects=False,
-                )
-                return _classify(response, order_id)
-            except (
-                requests.ConnectionError,
-                requests.Timeout,
-                requests.exceptions.ChunkedEncodingError,
-            ) as err:
-                failure: KaptureTransientError = KaptureTransientError(
-                    f"order {order_id}: {_describe_network_error(err)}", order_id=order_id
-                )
-                retry_after = None
+                return self._attempt(settings.base_url + path, data, order_id)
             except _Retry as retry:
-                failure, retry_after = retry.error, retry.retry_after
-            if attempt + 1 >= attempts:
-                raise KaptureTransientError(
-                    f"{failure.message} (gave up after {attempts} attempts)",
-                    order_id=order_id,
-                    status_code=failure.status_code,
-                )
-            if retry_after is not None:
-                self.throttle.pause(retry_after)
-            else:
-                cap = min(settings.backoff_max, settings.backoff_base * 2**attempt)
-                time.sleep(self._random.uniform(0, cap))  # exponential backoff, full jitter
+                if attempt + 1 >= attempts:
+                    raise KaptureTransientError(
+                        f"{retry.error.message} (gave up after {attempts} attempts)",
+                        order_id=order_id,
+                        status_code=retry.error.status_code,
+                    ) from None
+                if retry.retry_after is not None:
+                    self.throttle.pause(retry.retry_after)  # every thread of this hook waits
+                else:
+                    cap = min(settings.backoff_max, settings.backoff_base * 2**attempt)
+                    time.sleep(self._random.uniform(0, cap))  # exponential backoff, full jitter
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, url: str, data: bytes, order_id: str | None) -> dict[str, Any]:
+        """One request: the parsed answer, a final :class:`KaptureError`, or :class:`_Retry`."""
+        settings = self.settings
+        self.throttle.wait()
+        with self._lock:
+            self.requests_sent += 1
+        sent_at = time.monotonic()
+        try:
+            response = self.session.post(
+                url, data=data, timeout=(settings.connect_timeout, settings.timeout), allow_redirects=False
+            )
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            self.throttle.observe(None, time.monotonic() - sent_at)
+            error = KaptureTransientError(f"order {order_id}: {_describe_network_error(err)}", order_id=order_id)
+            raise _Retry(error, None) from None
+        self.throttle.observe(response.status_code, time.monotonic() - sent_at)
+        return _classify(response, order_id)
 
     def close(self) -> None:
         """Close the pooled connections."""

@@ -1,33 +1,63 @@
 """Request pacing shared by every thread that uses one hook.
 
-* ``max_requests_per_second``: requests are spaced evenly (no bursts), across all threads.
-* ``pause(seconds)``: a ``Retry-After`` answer stops *every* thread until it has passed, instead of
-  each worker discovering the limit on its own and hammering the server in turn.
+Two modes:
+
+* **fixed** (``max_requests_per_second`` given): requests are spaced evenly across all threads, and
+  never more than that many go out within any ``WINDOW`` (just over a second).
+* **adaptive** (the default): send freely until Kapture pushes back, then discover its limit with an
+  additive-increase / multiplicative-decrease controller over the request *rate*:
+
+  - a throttle answer (429, or 503) marks the current rate as a ``ceiling`` and cuts the rate to
+    ``DECREASE`` × ceiling — at most once per second, so one burst of 429s counts once. The first
+    one, while still unpaced, takes the ceiling from the requests Kapture *accepted* in the last second;
+  - every clean second the rate grows by ``INCREASE`` (at least one request/s) up to ``HEADROOM`` ×
+    ceiling, where it stays; after ``PROBE_AFTER`` clean seconds there the ceiling is raised by
+    ``PROBE_STEP`` to find out whether the limit went up;
+  - while answers are slowing down (latency above ``SLOW_FACTOR`` × the fastest seen, smoothed),
+    the rate is held instead of raised.
+
+In both modes a ``Retry-After`` stops *every* thread until it has passed (:meth:`RequestThrottle.pause`),
+instead of each worker discovering the limit on its own and hitting the server in turn.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+
+DECREASE = 0.9
+INCREASE = 0.05
+HEADROOM = 0.97
+PROBE_AFTER = 30.0
+PROBE_STEP = 1.05
+SLOW_FACTOR = 3.0
+MIN_RATE = 1.0
+#: A rate of R means at most R sends in any window this long: a little over a second, so that
+#: delivery jitter cannot squeeze R + 1 requests into one second at the server.
+WINDOW = 1.02
+THROTTLE_STATUSES = frozenset({429, 503})
 
 
 class RequestThrottle:
-    """Thread-safe pacing gate: call :meth:`wait` before each request."""
+    """Thread-safe pacing gate: call :meth:`wait` before each request and :meth:`observe` after it."""
 
-    def __init__(self, max_requests_per_second: float | None = None):
+    def __init__(self, max_requests_per_second: float | None = None, *, adaptive: bool = True):
         self._lock = threading.Lock()
-        self._interval = 1.0 / max_requests_per_second if max_requests_per_second else 0.0
+        self.adaptive = adaptive and not max_requests_per_second
+        self.rate: float | None = max_requests_per_second or None  # None: unpaced
+        self.ceiling: float | None = None
         self._next_slot = 0.0
+        self._sent: deque[float] = deque()  # send times, at most `rate` of them
         self._paused_until = 0.0
-
-    @property
-    def max_requests_per_second(self) -> float | None:
-        return 1.0 / self._interval if self._interval else None
-
-    @max_requests_per_second.setter
-    def max_requests_per_second(self, value: float | None) -> None:
-        with self._lock:
-            self._interval = 1.0 / value if value else 0.0
+        self._accepted: deque[float] = deque()  # accepted answers in the last second
+        self._last_decrease = -1e9
+        self._last_tick = time.monotonic()
+        self._at_ceiling_since: float | None = None
+        self._fastest = float("inf")
+        self._latency: float | None = None
+        #: (time, rate) each time the rate changed: for plots and logs.
+        self.history: list[tuple[float, float | None]] = []
 
     def pause(self, seconds: float) -> None:
         """Hold every request back for ``seconds`` from now (longest pause wins)."""
@@ -39,16 +69,68 @@ class RequestThrottle:
         while True:
             with self._lock:
                 now = time.monotonic()
-                start = max(now, self._paused_until, self._next_slot)
-                if start <= now:
-                    self._next_slot = now + self._interval if self._interval else 0.0
+                if self._paused_until > now:
+                    delay = self._paused_until - now
+                elif self.rate is None:
                     return
-                if self._interval and self._paused_until <= now:
-                    # reserve the slot so concurrent waiters line up behind it
-                    self._next_slot = start + self._interval
-                    delay, reserved = start - now, True
                 else:
-                    delay, reserved = start - now, False
+                    start = self._next_slot
+                    cap = max(1, int(self.rate))
+                    while len(self._sent) > cap:
+                        self._sent.popleft()
+                    if len(self._sent) == cap:  # never more than `rate` sends in any WINDOW
+                        start = max(start, self._sent[0] + WINDOW)
+                    if start <= now:
+                        self._sent.append(now)
+                        self._next_slot = now + 1.0 / self.rate
+                        return
+                    delay = start - now
             time.sleep(delay)
-            if reserved:
+
+    def observe(self, status: int | None, latency: float) -> None:
+        """Feed one answer (``None`` for a network failure) into the adaptive controller."""
+        if not self.adaptive:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if status in THROTTLE_STATUSES:
+                self._decrease(now)
                 return
+            if status is None or status >= 500:
+                return
+            self._accepted.append(now)
+            while self._accepted and self._accepted[0] < now - 1.0:
+                self._accepted.popleft()
+            self._fastest = min(self._fastest, latency)
+            self._latency = latency if self._latency is None else 0.8 * self._latency + 0.2 * latency
+            if now - self._last_tick >= 1.0:
+                self._last_tick = now
+                self._increase(now)
+
+    def _decrease(self, now: float) -> None:
+        if now - self._last_decrease < 1.0:
+            return
+        self._last_decrease = self._last_tick = now
+        self._at_ceiling_since = None
+        current = self.rate if self.rate is not None else max(float(len(self._accepted)), MIN_RATE)
+        self.ceiling = current
+        self._set_rate(max(MIN_RATE, current * DECREASE), now)
+
+    def _increase(self, now: float) -> None:
+        if self.rate is None or self.ceiling is None:
+            return
+        if self._latency is not None and self._latency > SLOW_FACTOR * self._fastest:
+            return  # Kapture is slowing down: hold
+        target = HEADROOM * self.ceiling
+        if self.rate < target:
+            self._set_rate(min(target, self.rate + max(1.0, INCREASE * self.rate)), now)
+            self._at_ceiling_since = None
+        elif self._at_ceiling_since is None:
+            self._at_ceiling_since = now
+        elif now - self._at_ceiling_since >= PROBE_AFTER:
+            self.ceiling *= PROBE_STEP
+            self._at_ceiling_since = None
+
+    def _set_rate(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.history.append((now, rate))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -95,6 +96,7 @@ class OrderSync:
     :param max_concurrency: requests in flight at once.
     :param dry_run: decide and report, send and record nothing.
     :param progress_seconds: how often progress is logged.
+    :param shard: ``(index, count)``: handle only the orders with ``shard_of(order_id, count) == index``.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class OrderSync:
         max_concurrency: int = 8,
         dry_run: bool = False,
         progress_seconds: float = 15.0,
+        shard: tuple[int, int] | None = None,
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -113,6 +116,9 @@ class OrderSync:
         self.max_concurrency = max_concurrency
         self.dry_run = dry_run
         self.progress_seconds = progress_seconds
+        if shard is not None and not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard index must be in [0, {shard[1]}), got {shard[0]}")
+        self.shard = shard if shard and shard[1] > 1 else None
         self.summary = SyncSummary(dry_run=dry_run)
         self._in_flight: dict[Future[Outcome], _Send] = {}
         self._in_flight_ids: set[str] = set()
@@ -135,6 +141,8 @@ class OrderSync:
         mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
+        if self.shard and id_index is None:
+            raise ValueError("sharding needs a column named 'order_id' or 'order_info.order_id'")
         self._prepare_ledger()
         requests_before = self.hook.requests_sent
         with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="kapture-sync") as pool:
@@ -162,6 +170,8 @@ class OrderSync:
         id_index: int | None,
     ) -> None:
         summary = self.summary
+        if self.shard is not None:
+            chunk = [row for row in chunk if self._in_shard(_best_effort_order_id(row, id_index))]
         first_row = summary.rows_read + 1
         summary.rows_read += len(chunk)
         candidates: list[_Send] = []
@@ -201,6 +211,8 @@ class OrderSync:
             return
         self._drain(pool, until=0)  # this run's own outcomes must be in the ledger first
         for pending in self.ledger.pending(attempted_before=self._started_at):
+            if not self._in_shard(pending.order_id):
+                continue
             self.summary.retried += 1
             order = PreparedOrder(pending.order_id, pending.data, pending.body_hash)
             self._dispatch(pool, _Send(order, pending.version))
@@ -269,6 +281,13 @@ class OrderSync:
         if len(self.summary.invalid_rows) < MAX_LISTED:
             self.summary.invalid_rows.append({"row": row_number, "order_id": order_id, "error": reason})
 
+    def _in_shard(self, order_id: str | None) -> bool:
+        """Rows without a usable order id go to shard 0, so they are reported exactly once."""
+        if self.shard is None:
+            return True
+        index, count = self.shard
+        return (shard_of(order_id, count) if order_id is not None else 0) == index
+
     # -- bookkeeping ----------------------------------------------------------------------------
     def _prepare_ledger(self) -> None:
         if self.ledger is None:
@@ -297,6 +316,11 @@ class OrderSync:
             "Kapture sync finished" if final else "Kapture sync progress",
             s.rows_read, s.succeeded + s.failed, s.succeeded, s.failed, s.unchanged, s.stale, s.invalid, rate,
         )  # fmt: skip
+
+
+def shard_of(order_id: str, count: int) -> int:
+    """The shard of an order id: a stable hash (CRC-32 of its text) modulo ``count``."""
+    return zlib.crc32(order_id.encode("utf-8")) % count
 
 
 def _decide(candidate: _Send, entry: LedgerEntry | None) -> str:

@@ -45,6 +45,11 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         after every other row has been delivered and recorded.
     :param timezone: timezone datetimes are written in.
     :param row_mapper: optional callable ``row dict -> partial nested body`` merged over the columns.
+    :param shard_index: with ``shard_count`` > 1, handle only orders whose stable hash
+        (``kapture_provider.sync.engine.shard_of``) falls in this shard. Expand it over
+        ``range(shard_count)`` with dynamic task mapping to spread one sync over several workers; each
+        shard gets ``max_requests_per_second / shard_count``.
+    :param shard_count: how many shards the sync is split into (default 1: no sharding).
     :return: the run summary (counts, duration, throughput, failed and invalid order ids with reasons).
     """
 
@@ -70,6 +75,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         max_failed_ratio: float = 0.0,
         timezone: str = "UTC",
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        shard_index: int = 0,
+        shard_count: int = 1,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -89,16 +96,21 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.max_failed_ratio = max_failed_ratio
         self.timezone = timezone
         self.row_mapper = row_mapper
+        self.shard_index = shard_index
+        self.shard_count = shard_count
 
     def execute(self, context: Context) -> dict[str, Any]:
         source = _db_hook(self.sql_conn_id)
         ledger = Ledger(_db_hook(self.ledger_conn_id) if self.ledger_conn_id else source, self.ledger_table)
-        kapture = KaptureHook(
-            self.kapture_conn_id,
-            pool_size=max(self.max_concurrency, 1),
-            max_requests_per_second=self.max_requests_per_second,
+        rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
+        kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
+        engine = OrderSync(
+            kapture,
+            ledger,
+            max_concurrency=self.max_concurrency,
+            dry_run=self.is_dry_run,
+            shard=(self.shard_index, self.shard_count),
         )
-        engine = OrderSync(kapture, ledger, max_concurrency=self.max_concurrency, dry_run=self.is_dry_run)
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             columns, chunks = stream_rows(source, self._query(source), self.parameters, self.chunk_size)
