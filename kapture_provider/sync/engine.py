@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from kapture_provider.exceptions import KaptureAuthError, KaptureError
@@ -58,6 +58,7 @@ class SyncSummary:
     failed: int = 0
     retried: int = 0
     requests: int = 0
+    kapture_down: bool = False
     duration_seconds: float = 0.0
     orders_per_second: float = 0.0
     failed_orders: list[dict[str, str]] = field(default_factory=list)
@@ -97,6 +98,9 @@ class OrderSync:
     :param dry_run: decide and report, send and record nothing.
     :param progress_seconds: how often progress is logged.
     :param shard: ``(index, count)``: handle only the orders with ``shard_of(order_id, count) == index``.
+    :param max_consecutive_transient: after this many orders in a row exhausted their retries on
+        transient failures (Kapture down), stop sending: the remaining rows are still read, validated
+        and recorded as failed with their bodies pending, so later runs deliver them; the task fails.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class OrderSync:
         dry_run: bool = False,
         progress_seconds: float = 15.0,
         shard: tuple[int, int] | None = None,
+        max_consecutive_transient: int = 32,
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -119,9 +124,13 @@ class OrderSync:
         if shard is not None and not 0 <= shard[0] < shard[1]:
             raise ValueError(f"shard index must be in [0, {shard[1]}), got {shard[0]}")
         self.shard = shard if shard and shard[1] > 1 else None
+        self.max_consecutive_transient = max_consecutive_transient
         self.summary = SyncSummary(dry_run=dry_run)
+        self._consecutive_transient = 0
+        self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
         self._in_flight: dict[Future[Outcome], _Send] = {}
         self._in_flight_ids: set[str] = set()
+        self._dry_run_ids: set[str] = set()  # orders a dry run counted as to send (it records nothing)
         self._started = time.monotonic()
         self._started_at = _utc_now()
         self._next_progress = self._started + progress_seconds
@@ -151,11 +160,13 @@ class OrderSync:
                     self._sync_chunk(pool, mapper, chunk, version_index, id_index)
                 self._retry_pending(pool)
                 self._drain(pool, until=0)
+                self._flush_not_sent()
             except BaseException:
                 self._drain(pool, until=0, record_only=True)
                 raise
             finally:
                 self.summary.requests = self.hook.requests_sent - requests_before
+                self.summary.kapture_down = self.kapture_down
                 self._finish_timing()
         self._log_progress(final=True)
         return self.summary
@@ -206,12 +217,19 @@ class OrderSync:
                 self._dispatch(pool, candidate)
         self._log_progress()
 
+    @property
+    def kapture_down(self) -> bool:
+        """True once ``max_consecutive_transient`` orders in a row failed transiently: sending stopped."""
+        return self._consecutive_transient >= self.max_consecutive_transient
+
     def _retry_pending(self, pool: ThreadPoolExecutor) -> None:
-        if not self._ledger_ready or self.ledger is None:
+        if not self._ledger_ready or self.ledger is None or self.kapture_down:
             return
         self._drain(pool, until=0)  # this run's own outcomes must be in the ledger first
         for pending in self.ledger.pending(attempted_before=self._started_at):
             if not self._in_shard(pending.order_id):
+                continue
+            if pending.order_id in self._dry_run_ids:  # the ledger cannot tell: a dry run records nothing
                 continue
             self.summary.retried += 1
             order = PreparedOrder(pending.order_id, pending.data, pending.body_hash)
@@ -221,6 +239,10 @@ class OrderSync:
     def _dispatch(self, pool: ThreadPoolExecutor, item: _Send) -> None:
         self.summary.to_send += 1
         if self.dry_run:
+            self._dry_run_ids.add(item.order.order_id)
+            return
+        if self.kapture_down:
+            self._hold(item)
             return
         order_id = item.order.order_id
         if order_id in self._in_flight_ids:  # never two requests for one order at once
@@ -230,6 +252,21 @@ class OrderSync:
         self._in_flight[future] = item
         self._in_flight_ids.add(order_id)
 
+    def _hold(self, item: _Send) -> None:
+        """Record an order as failed and pending without sending it (Kapture is down)."""
+        order = item.order
+        reason = f"not sent: Kapture unavailable ({self.max_consecutive_transient} orders in a row failed)"
+        outcome = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, reason)
+        self._count(outcome)
+        self._not_sent.append(outcome)
+        if len(self._not_sent) >= 500:
+            self._flush_not_sent()
+
+    def _flush_not_sent(self) -> None:
+        if self._not_sent and self.ledger is not None and self._ledger_ready:
+            self.ledger.record(self._not_sent, _utc_now())
+        self._not_sent = []
+
     def _send(self, item: _Send) -> Outcome:
         order = item.order
         try:
@@ -237,7 +274,8 @@ class OrderSync:
         except KaptureAuthError:
             raise
         except KaptureError as err:
-            return Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, err.message)
+            outcome = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, err.message)
+            return replace(outcome, transient=err.retryable)
         return Outcome(order.order_id, DELIVERED, order.body_hash, item.version)
 
     def _drain(self, pool: ThreadPoolExecutor, until: int, record_only: bool = False) -> None:
@@ -261,6 +299,7 @@ class OrderSync:
                     raise RuntimeError(f"order {item.order.order_id}: unexpected error") from err
                 outcomes.append(outcome)
                 self._count(outcome)
+                self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
             if self.ledger is not None and self._ledger_ready:
                 self.ledger.record(outcomes, _utc_now())
             if auth_error is not None and not record_only:

@@ -85,6 +85,7 @@ class Outcome:
     version: str | None = None
     body: bytes | None = None  # kept only when the attempt failed
     error: str | None = None
+    transient: bool = False  # failed for a transient reason (Kapture down or overloaded); not stored
 
 
 @dataclass(frozen=True)

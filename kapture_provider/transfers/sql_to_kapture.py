@@ -148,6 +148,12 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             self.log.warning("Not delivered: %s", problem)
         if summary.failure_ratio > self.max_failed_ratio:
             context["ti"].xcom_push(key="return_value", value=result)
+            if summary.kapture_down:
+                raise AirflowException(
+                    "Kapture was unavailable: sending stopped after too many orders in a row failed on retries; "
+                    f"{summary.failed} orders are recorded as failed with their bodies pending in "
+                    f"{self.ledger_table} and the next run delivers them"
+                )
             raise AirflowException(
                 f"{summary.failed} failed and {summary.invalid} invalid of {summary.considered} orders "
                 f"({summary.failure_ratio:.2%} > max_failed_ratio {self.max_failed_ratio:.2%}); every other "
