@@ -220,6 +220,19 @@ def _recorded_body(raw: bytes) -> Any:
     return raw.decode("utf-8", "replace") if body is _NOT_JSON else body
 
 
+def _merge_sections(stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """An update changes the fields it carries; fields it leaves out keep their stored values.
+
+    Object sections (``customer_info``, ``order_info``…) merge field by field; ``contact_info``
+    (a list) and any other value is replaced whole.
+    """
+    merged = dict(stored)
+    for section, value in update.items():
+        old = merged.get(section)
+        merged[section] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
+
+
 def _text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
@@ -584,7 +597,8 @@ class KaptureEmulator:
 
         previous = self._orders.get(order_id)
         updates = 1 if previous is None else previous.updates + 1
-        self._orders[order_id] = _StoredOrder(document, customer_id, enquiry_id, contact_id, updates)
+        body = document if previous is None else _merge_sections(previous.body, document)
+        self._orders[order_id] = _StoredOrder(body, customer_id, enquiry_id, contact_id, updates)
         return _success_payload(customer_id, enquiry_id, contact_id)
 
     def _search(self, config: _Config, authorization: str | None, document: Any) -> _Reply:

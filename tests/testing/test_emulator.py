@@ -129,6 +129,22 @@ def test_upsert_keeps_the_latest_body_and_the_same_ids(kapture_emulator: Kapture
     assert kapture_emulator.stats()["orders"] == 1
 
 
+def test_an_update_changes_only_the_fields_it_carries(kapture_emulator: KaptureEmulator) -> None:
+    post_order(kapture_emulator, order_body(remarks="first"))
+    partial = {
+        "customer_info": {"customer_name": "ABC", "city": "Pune"},
+        "order_info": {"order_id": "23518265", "delivery_status": "Delivered", "update": True},
+    }
+    post_order(kapture_emulator, partial)
+
+    stored = kapture_emulator.orders["23518265"]
+    assert stored["order_info"]["remarks"] == "first"  # kept
+    assert stored["order_info"]["delivery_status"] == "Delivered"  # changed
+    assert stored["customer_info"]["email_id"] == "abc@abc.min"  # kept
+    assert stored["customer_info"]["city"] == "Pune"
+    assert stored["contact_info"] == order_body()["contact_info"]
+
+
 def test_ids_follow_customers_contacts_and_orders(kapture_emulator: KaptureEmulator) -> None:
     def ids(**fields: Any) -> dict[str, int]:
         return post_order(kapture_emulator, order_body(**fields)).json()["Order"]
