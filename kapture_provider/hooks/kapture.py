@@ -140,6 +140,7 @@ class KaptureHook(BaseHook):
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
+        self._templates: dict[str, requests.PreparedRequest] = {}
 
     @cached_property
     def settings(self) -> KaptureSettings:
@@ -235,17 +236,30 @@ class KaptureHook(BaseHook):
         self.throttle.wait()
         with self._lock:
             self.requests_sent += 1
+        request = self._prepared(url, data)
         sent_at = time.monotonic()
         try:
-            response = self.session.post(
-                url, data=data, timeout=(settings.connect_timeout, settings.timeout), allow_redirects=False
+            # straight to the pooled adapter: no cookies, hooks or redirects to process (none are used)
+            response = self.session.get_adapter(url).send(
+                request, timeout=(settings.connect_timeout, settings.timeout), verify=True
             )
+            response.content  # noqa: B018 - read the whole body here, where cut-offs and timeouts are caught
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
             self.throttle.observe(None, time.monotonic() - sent_at)
             error = KaptureTransientError(f"order {order_id}: {_describe_network_error(err)}", order_id=order_id)
             raise _Retry(error, None) from None
         self.throttle.observe(response.status_code, time.monotonic() - sent_at)
         return _classify(response, order_id)
+
+    def _prepared(self, url: str, data: bytes) -> requests.PreparedRequest:
+        """A POST of ``data`` to ``url`` with the session's headers, built from a per-URL template."""
+        template = self._templates.get(url)
+        if template is None:
+            template = self._templates[url] = self.session.prepare_request(requests.Request("POST", url, data=b"{}"))
+        request = template.copy()
+        request.body = data
+        request.headers["Content-Length"] = str(len(data))
+        return request
 
     def close(self) -> None:
         """Close the pooled connections."""
