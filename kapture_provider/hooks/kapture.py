@@ -196,16 +196,19 @@ class KaptureHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Check the host answers and accepts the credentials, without creating or changing anything.
 
-        It asks Kapture's read-only order search for nothing (``cmId`` 0). Any JSON answer that is not
-        an authentication failure proves the credentials were accepted: an "Invalid Auth Key" answer,
-        401 or 403 means they were not.
+        It asks Kapture's read-only order search for nothing (``cmId`` 0). A success, or the search's
+        own refusal of that empty query (a failed body with 200 or 400), proves the credentials were
+        accepted; "Invalid Auth Key", 401 or 403 means they were not; anything else (404, a redirect,
+        no answer) means the Host does not point at Kapture.
         """
         try:
             self._post(ORDER_SEARCH_PATH, b'{"cmId": 0}', order_id=None, attempts=1)
         except KaptureAuthError as err:
             return False, f"Kapture refused the credentials: {err}"
-        except (KaptureRejectedError, KaptureResponseError):
-            pass  # the search refused the empty query after authenticating: that is what we asked for
+        except KaptureRejectedError as err:
+            if err.status_code not in (200, 400):  # 404, 405, a redirect…: this is not Kapture's search
+                return False, f"no Kapture order search at {self.settings.base_url}; check the Host: {err}"
+            # the search refused the empty query after authenticating: what we asked for
         except (KaptureError, ValueError) as err:
             return False, str(err)
         return True, f"Connected to {self.settings.base_url}; credentials accepted"
