@@ -1,0 +1,200 @@
+"""Shared test fixtures.
+
+Airflow reads ``AIRFLOW_HOME`` and the metadata database URL when it is first imported, so an isolated,
+throw-away Airflow home is configured here at conftest import time (before any test module imports
+airflow). Its SQLite metadata DB is migrated once per session by ``airflow db migrate`` in a subprocess,
+started in the background right after collection when a collected test uses ``airflow_metadata_db``
+(directly or through ``run_dag``); hook and payload tests never touch the DB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kapture_provider.testing.emulator import KaptureEmulator
+
+# --------------------------------------------------------------------------------------------------
+# Isolated Airflow home (must happen before airflow is imported anywhere in the test process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _configure_isolated_airflow_home() -> Path:
+    """Point Airflow at a fresh temporary home with a SQLite metadata DB and an empty dags folder."""
+    home = Path(tempfile.mkdtemp(prefix="kapture-airflow-home-"))
+    (home / "dags").mkdir()
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        }
+    )
+    return home
+
+
+if "airflow" in sys.modules:  # pragma: no cover - would silently use the developer's real Airflow home
+    raise RuntimeError("airflow was imported before tests/conftest.py could isolate AIRFLOW_HOME")
+AIRFLOW_TEST_HOME = _configure_isolated_airflow_home()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _migration is not None and _migration.poll() is None:
+        _migration.kill()
+        _migration.wait()
+    shutil.rmtree(AIRFLOW_TEST_HOME, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Kapture connections pointing at the emulator, with small backoffs so that retry tests are fast
+# --------------------------------------------------------------------------------------------------
+
+FAST_RETRY_EXTRAS: dict[str, Any] = {"backoff_base": 0.01, "backoff_max": 0.05, "max_retries": 2}
+
+
+@pytest.fixture
+def kapture_conn_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Factory: ``kapture_conn_env(conn_id, host=..., login=..., password=..., extra={...})``.
+
+    Sets ``AIRFLOW_CONN_<CONN_ID>`` (JSON form) for this test only and returns the conn id.
+    """
+
+    def set_connection(
+        conn_id: str,
+        *,
+        host: str | None,
+        login: str | None = None,
+        password: str | None = None,
+        port: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        value: dict[str, Any] = {"conn_type": "kapture", "host": host, "login": login, "password": password}
+        if port is not None:
+            value["port"] = port
+        value["extra"] = extra or {}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(value))
+        return conn_id
+
+    return set_connection
+
+
+@pytest.fixture
+def kapture_fast_conn(kapture_emulator: KaptureEmulator, monkeypatch: pytest.MonkeyPatch) -> KaptureEmulator:
+    """The emulator, with ``AIRFLOW_CONN_KAPTURE_DEFAULT`` pointing at it with :data:`FAST_RETRY_EXTRAS`."""
+    monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_DEFAULT", kapture_emulator.connection_json(**FAST_RETRY_EXTRAS))
+    return kapture_emulator
+
+
+# --------------------------------------------------------------------------------------------------
+# Real DAG runs with dag.test()
+# --------------------------------------------------------------------------------------------------
+
+
+_METADATA_DB_FIXTURE = "airflow_metadata_db"
+_migration: subprocess.Popen[str] | None = None
+
+
+def _start_metadata_db_migration() -> subprocess.Popen[str]:
+    """Start ``airflow db migrate`` (a subprocess, so this process's airflow import stays untouched)."""
+    global _migration
+    if _migration is None:
+        _migration = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    return _migration
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Migrate the metadata DB in the background while the DB-free tests run, if any test will need it."""
+    if any(_METADATA_DB_FIXTURE in getattr(item, "fixturenames", ()) for item in items):
+        _start_metadata_db_migration()
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata_db() -> Path:
+    """The isolated SQLite metadata DB, migrated once per session by ``airflow db migrate``."""
+    migration = _start_metadata_db_migration()
+    output, _ = migration.communicate(timeout=300)
+    assert migration.returncode == 0, f"airflow db migrate failed:\n{output[-5000:]}"
+    return AIRFLOW_TEST_HOME / "airflow.db"
+
+
+@dataclass
+class DagTestResult:
+    """What one ``dag.test()`` run left in the metadata DB."""
+
+    dag_run: Any
+    task_states: dict[str, str | None]
+    try_numbers: dict[str, int]
+
+    @property
+    def state(self) -> str:
+        return str(self.dag_run.state)
+
+    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+        """The XCom value a task pushed in this run, or None."""
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            value = session.scalar(
+                select(XComModel.value).where(
+                    XComModel.dag_id == self.dag_run.dag_id,
+                    XComModel.run_id == self.dag_run.run_id,
+                    XComModel.task_id == task_id,
+                    XComModel.key == key,
+                )
+            )
+        return XComModel.deserialize_value(_XComRow(value)) if value is not None else None
+
+
+@dataclass
+class _XComRow:
+    value: Any
+
+
+@pytest.fixture
+def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[[Any], DagTestResult]]:
+    """Run a DAG built in the test with ``dag.test()``, in-process, against the isolated metadata DB.
+
+    ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise looks for them in
+    the dags folder and fails with "the dag is not serialized"), so the DAG is written there first, in
+    the ``dags-folder`` bundle, as the DAG processor would.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    def run(dag: Any) -> DagTestResult:
+        with create_session() as session:
+            DagBundlesManager().sync_bundles_to_db(session=session)  # the DAG row references its bundle
+            session.flush()
+            update_dag_parsing_results_in_db(
+                "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+            )
+        dag_run = dag.test()
+        tis = dag_run.get_task_instances()
+        return DagTestResult(
+            dag_run=dag_run,
+            task_states={ti.task_id: None if ti.state is None else str(ti.state) for ti in tis},
+            try_numbers={ti.task_id: ti.try_number for ti in tis},
+        )
+
+    yield run
