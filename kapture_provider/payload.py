@@ -140,7 +140,7 @@ def render_order_id(value: Any) -> str:
         text = ""
     elif isinstance(value, int):
         text = str(value)
-    elif isinstance(value, float | Decimal) and value == value and value == int(value):
+    elif isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
         text = str(int(value))
     else:
         raise InvalidOrder(ORDER_ID_PATH, f"order id must be text or a whole number, got {type(value).__name__}")
@@ -294,6 +294,10 @@ class OrderMapper:
         collisions = sorted({p for p in paths if paths.count(p) > 1})
         if collisions:
             raise MappingError(f"several columns map to {collisions}; keep one per field")
+        nested = sorted({(a, b) for a in paths for b in paths if b.startswith(a + ".")})
+        if nested:
+            pairs = ", ".join(f"{a!r} and {b!r}" for a, b in nested)
+            raise MappingError(f"columns map to a field and to a field inside it ({pairs}); keep one of each pair")
         if ORDER_ID_PATH not in paths and row_mapper is None:
             raise MappingError(
                 f"no column maps to {ORDER_ID_PATH} (mandatory); select it as 'order_id' or '{ORDER_ID_PATH}'"

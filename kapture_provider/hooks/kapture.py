@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +34,7 @@ from kapture_provider.payload import prepare_order
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"
 #: Kapture's read-only order search; ``test_connection`` uses it so the Test button never writes.
 ORDER_SEARCH_PATH = "/ms/customer-search/order-search/api/v1/pull-internal"
-_AUTH_WORDS = ("auth key", "unauthori", "invalid token", "invalid credential", "expired", "disabled")
+_AUTH_WORDS = ("auth key", "unauthori", "unauthenticated", "invalid token", "invalid credential")
 _RETRYABLE_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER = 300.0
 
@@ -44,7 +44,7 @@ class KaptureSettings:
     """Everything the hook reads from the connection, after defaults and overrides."""
 
     base_url: str
-    authorization: str
+    authorization: str = field(repr=False)
     timeout: float = 30.0
     connect_timeout: float = 10.0
     max_retries: int = 5

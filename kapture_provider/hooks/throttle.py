@@ -33,6 +33,9 @@ PROBE_AFTER = 30.0
 PROBE_STEP = 1.05
 SLOW_FACTOR = 3.0
 MIN_RATE = 1.0
+#: An unpaced sender starts pacing only when Kapture accepted at least this many requests in the
+#: second before a 429: fewer says nothing about its limit, and the 429 just pauses (Retry-After).
+MIN_EVIDENCE = 5
 #: A rate of R means at most R sends in any window this long: a little over a second, so that
 #: delivery jitter cannot squeeze R + 1 requests into one second at the server.
 WINDOW = 1.02
@@ -110,9 +113,13 @@ class RequestThrottle:
     def _decrease(self, now: float) -> None:
         if now - self._last_decrease < 1.0:
             return
+        while self._accepted and self._accepted[0] < now - 1.0:
+            self._accepted.popleft()
+        if self.rate is None and len(self._accepted) < MIN_EVIDENCE:
+            return
         self._last_decrease = self._last_tick = now
         self._at_ceiling_since = None
-        current = self.rate if self.rate is not None else max(float(len(self._accepted)), MIN_RATE)
+        current = self.rate if self.rate is not None else float(len(self._accepted))
         self.ceiling = current
         self._set_rate(max(MIN_RATE, current * DECREASE), now)
 

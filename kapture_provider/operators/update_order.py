@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,14 +48,26 @@ class UpdateOrderOperator(BaseOperator):
         self.kapture_conn_id = kapture_conn_id
         self.max_failed_orders = max_failed_orders
         self.timezone = timezone
+        self._invalid_at: dict[int, InvalidOrder] = {}  # found while rendering, by position
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        """Render as usual, then mask personal values so rendered fields and logs never show them."""
+        """Render as usual, then make the rendered ``orders`` safe to store and show.
+
+        Personal values are registered with the secret masker, so rendered fields and logs show
+        ``***``. Bodies that are invalid are noted now, and non-finite numbers in them (which Airflow
+        cannot store as rendered JSON) are replaced by text; such bodies are reported, never sent.
+        """
         super().render_template_fields(context, jinja_env)
         _mask_personal_values(self.orders)
+        for position, body in enumerate(_as_list(self.orders)):
+            try:
+                prepare_order(body, self.timezone)
+            except InvalidOrder as err:
+                self._invalid_at[position] = err
+        self.orders = _finite_only(self.orders)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        orders = [self.orders] if isinstance(self.orders, Mapping) else list(self.orders or [])
+        orders = _as_list(self.orders)
         hook = KaptureHook(self.kapture_conn_id)
         outcomes: list[dict[str, Any]] = []
         try:
@@ -83,6 +96,8 @@ class UpdateOrderOperator(BaseOperator):
     def _update_one(self, hook: KaptureHook, position: int, body: Any) -> dict[str, Any]:
         order_id = _order_id_of(body)
         try:
+            if position in self._invalid_at:
+                raise self._invalid_at[position]
             order = prepare_order(body, self.timezone)
         except InvalidOrder as err:
             self.log.warning("Order #%d (%s) is invalid, not sent: %s", position, order_id, err)
@@ -101,6 +116,27 @@ class UpdateOrderOperator(BaseOperator):
             }
         self.log.info("Order #%d (%s) updated in Kapture", position, order.order_id)
         return {"position": position, "order_id": order.order_id, "status": "succeeded", "error": None}
+
+
+def _as_list(orders: Any) -> list[Any]:
+    """One body or a sequence of them, as a list; text is refused (it is not an order body)."""
+    if isinstance(orders, str | bytes):
+        raise AirflowFailException(
+            "orders rendered to text, not to order bodies: pass a dict or a list of dicts (an XComArg works), "
+            "or set render_template_as_native_obj=True on the DAG"
+        )
+    return [orders] if isinstance(orders, Mapping) else list(orders or [])
+
+
+def _finite_only(value: Any) -> Any:
+    """A copy with NaN and ±Infinity written as text, so the rendered field can be stored as JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v) for v in value]
+    return value
 
 
 def _order_id_of(body: Any) -> str | None:

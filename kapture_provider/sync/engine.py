@@ -130,7 +130,7 @@ class OrderSync:
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
         self._in_flight: dict[Future[Outcome], _Send] = {}
         self._in_flight_ids: set[str] = set()
-        self._dry_run_ids: set[str] = set()  # orders a dry run counted as to send (it records nothing)
+        self._dry_run_ids: set[str] = set()  # failed orders a dry run counted as to send (it records nothing)
         self._started = time.monotonic()
         self._started_at = _utc_now()
         self._next_progress = self._started + progress_seconds
@@ -186,21 +186,16 @@ class OrderSync:
         first_row = summary.rows_read + 1
         summary.rows_read += len(chunk)
         candidates: list[_Send] = []
-        invalid: list[Outcome] = []
+        rejected: list[tuple[int, str | None, str | None, str]] = []  # row number, order id, version, reason
         for offset, row in enumerate(chunk):
-            try:
-                order = mapper.prepare(row)
-            except InvalidOrder as err:
-                order_id = _best_effort_order_id(row, id_index)
-                self._note_invalid(first_row + offset, order_id, str(err))
-                if order_id is not None:
-                    invalid.append(Outcome(order_id, INVALID, error=str(err)))
-                continue
             version = encode_version(row[version_index]) if version_index is not None else None
-            candidates.append(_Send(order, version))
-        if invalid and not self.dry_run and self.ledger is not None:
-            self.ledger.record(invalid, _utc_now())
-        known = self.ledger.lookup([c.order.order_id for c in candidates]) if self.ledger and self._ledger_ready else {}
+            try:
+                candidates.append(_Send(mapper.prepare(row), version))
+            except InvalidOrder as err:
+                rejected.append((first_row + offset, _best_effort_order_id(row, id_index), version, str(err)))
+        ids = [c.order.order_id for c in candidates] + [r[1] for r in rejected if r[1] is not None]
+        known = self.ledger.lookup(ids) if self.ledger and self._ledger_ready else {}
+        self._reject(rejected, known)
         seen_in_chunk: dict[str, _Send] = {}
         for candidate in candidates:
             order_id = candidate.order.order_id
@@ -208,12 +203,15 @@ class OrderSync:
                 summary.duplicates += 1
             seen_in_chunk[order_id] = candidate
         for candidate in seen_in_chunk.values():
-            decision = _decide(candidate, known.get(candidate.order.order_id))
+            entry = known.get(candidate.order.order_id)
+            decision = _decide(candidate, entry)
             if decision == "unchanged":
                 summary.unchanged += 1
             elif decision == "stale":
                 summary.stale += 1
             else:
+                if self.dry_run and entry is not None and entry.status == FAILED:
+                    self._dry_run_ids.add(candidate.order.order_id)  # only failed orders come back as pending
                 self._dispatch(pool, candidate)
         self._log_progress()
 
@@ -221,6 +219,22 @@ class OrderSync:
     def kapture_down(self) -> bool:
         """True once ``max_consecutive_transient`` orders in a row failed transiently: sending stopped."""
         return self._consecutive_transient >= self.max_consecutive_transient
+
+    def _reject(
+        self, rejected: Sequence[tuple[int, str | None, str | None, str]], known: Mapping[str, LedgerEntry]
+    ) -> None:
+        """Report invalid rows and record them, unless a newer version of the order was already sent."""
+        invalid: list[Outcome] = []
+        for row_number, order_id, version, reason in rejected:
+            entry = known.get(order_id) if order_id is not None else None
+            if entry is not None and is_older(version, entry.newest_version):
+                self.summary.stale += 1  # an old, broken row in a backfill: newer data is already there
+                continue
+            self._note_invalid(row_number, order_id, reason)
+            if order_id is not None:
+                invalid.append(Outcome(order_id, INVALID, error=reason))
+        if invalid and not self.dry_run and self.ledger is not None and self._ledger_ready:
+            self.ledger.record(invalid, _utc_now())
 
     def _retry_pending(self, pool: ThreadPoolExecutor) -> None:
         if not self._ledger_ready or self.ledger is None or self.kapture_down:
@@ -239,7 +253,6 @@ class OrderSync:
     def _dispatch(self, pool: ThreadPoolExecutor, item: _Send) -> None:
         self.summary.to_send += 1
         if self.dry_run:
-            self._dry_run_ids.add(item.order.order_id)
             return
         if self.kapture_down:
             self._hold(item)
@@ -367,8 +380,8 @@ def _decide(candidate: _Send, entry: LedgerEntry | None) -> str:
         return "send"
     if is_older(candidate.version, entry.newest_version):
         return "stale"
-    if entry.status == DELIVERED and entry.body_hash == candidate.order.body_hash:
-        return "unchanged"
+    if entry.status != FAILED and entry.body_hash == candidate.order.body_hash:
+        return "unchanged"  # what Kapture last received (a later invalid row changed nothing there)
     return "send"
 
 

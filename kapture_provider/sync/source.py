@@ -44,13 +44,24 @@ def strip_sql(sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
+def _execute(cur: Any, sql: str, parameters: Parameters) -> None:
+    """Run ``sql``; without parameters none are passed, so a literal ``%`` (``LIKE 'P%'``) is no placeholder.
+
+    psycopg and psycopg2 parse the query for placeholders whenever parameters are given, even empty ones.
+    """
+    if parameters:
+        cur.execute(sql, parameters)
+    else:
+        cur.execute(sql)
+
+
 def describe(hook: DbApiHook, sql: str, parameters: Parameters) -> list[str]:
     """The column names a query returns, read without fetching its rows."""
     conn = hook.get_conn()
     try:
         with closing(conn.cursor()) as cur:
             query = adapt_named_placeholders(sql, parameters, driver_paramstyle(conn))
-            cur.execute(f"SELECT * FROM ({query}) kapture_src WHERE 1 = 0", parameters or ())
+            _execute(cur, f"SELECT * FROM ({query}) kapture_src WHERE 1 = 0", parameters)
             return [d[0] for d in cur.description]
     finally:
         conn.close()
@@ -82,7 +93,7 @@ def stream_rows(
     except TypeError:  # no server-side cursors (sqlite3 streams anyway)
         cur = conn.cursor()
     try:
-        cur.execute(query, parameters or ())
+        _execute(cur, query, parameters)
         columns = [d[0] for d in cur.description]
     except Exception:
         with suppress(Exception):

@@ -229,12 +229,6 @@ def test_secrets_never_in_logs_on_auth_failure(
     assert_free_of(logs, wrong, wrong_token, secrets["password"], secrets["token"], *personal_values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a NaN in `orders` (a templated field) breaks Airflow's rendered-fields upload "
-    "(ValueError: Out of range float values are not JSON compliant) before execute() runs, so the task "
-    "fails and the valid order is never sent instead of the NaN order being reported invalid",
-)
 def test_nan_in_one_order_of_a_dag_run_is_reported_invalid(kapture_emulator: KaptureEmulator, conn, run_dag) -> None:
     conn()
     invalid = order(1, associate_fields={"amount": float("nan")})
@@ -243,6 +237,10 @@ def test_nan_in_one_order_of_a_dag_run_is_reported_invalid(kapture_emulator: Kap
 
     assert sorted(kapture_emulator.orders) == ["ORD-0"]
     assert result.task_states == {TASK_ID: "success"}
+    summary = result.xcom(TASK_ID)
+    assert (summary["succeeded"], summary["invalid"]) == (1, 1)
+    assert summary["orders"][1]["status"] == "invalid"
+    assert "amount" in summary["orders"][1]["error"] and "finite" in summary["orders"][1]["error"]
 
 
 # -- execute() with a minimal context: the exception texts ---------------------------------------------------

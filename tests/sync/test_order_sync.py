@@ -1,0 +1,449 @@
+"""SqlToKaptureOrdersOperator end to end: ledger decisions, invalid rows, mapping errors, dry runs, bound parameters.
+
+Interval runs go through Airflow (``dag.test(logical_date=T)``, data interval ``[T - 1 h, T)``) with the
+example DAG or a DAG built here around the same operator, query and interval parameters; the checks that
+need the exception itself call ``execute()`` directly. Kapture is the emulator; the warehouse is SQLite,
+or both SQLite and PostgreSQL where the SQL differs between them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG, CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowFailException
+
+from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
+from kapture_provider.testing.warehouse import TIMESTAMP_FORMAT, generate_orders
+from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
+
+EXAMPLE_TASK_ID = "sync_changed_orders"
+TASK_ID = "sync"
+DAY = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+NAIVE_DAY = DAY.replace(tzinfo=None)
+HOUR = dt.timedelta(hours=1)
+
+ORDER_CHANGES_DDL = """CREATE TABLE order_changes (
+    change_id INTEGER PRIMARY KEY,
+    order_id VARCHAR(32) NOT NULL,
+    customer_name VARCHAR(200),
+    email VARCHAR(200),
+    invoice_no VARCHAR(32),
+    total_amount NUMERIC(12, 2),
+    updated_at TIMESTAMP NOT NULL,
+    _version INTEGER NOT NULL
+)"""
+ORDER_CHANGES_SQL = """
+SELECT order_id,
+       customer_name,
+       email AS email_id,
+       invoice_no,
+       total_amount AS "order_info.associate_fields.total_amount",
+       _version
+FROM order_changes
+WHERE updated_at >= :start AND updated_at < :end
+"""
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def add_updates(emulator: KaptureEmulator, since: int = 0) -> list[Any]:
+    """The add-update requests the emulator answered, from position ``since`` on."""
+    return [r for r in emulator.requests if r.path == ADD_UPDATE_PATH][since:]
+
+
+def sync_dag(example_dag: Any, sql: str | None = None, **operator_kwargs: Any) -> Any:
+    """A DAG like the example (same timetable, query and interval parameters) without retries."""
+    example_task = example_dag.get_task(EXAMPLE_TASK_ID)
+    kwargs: dict[str, Any] = {"version_column": "_version", "max_failed_ratio": 0.0, **operator_kwargs}
+    with DAG(
+        dag_id=f"kapture_sync_test_{uuid.uuid4().hex[:10]}",
+        schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+        start_date=DAY - dt.timedelta(days=30),
+        catchup=False,
+        default_args={"retries": 0},
+    ) as dag:
+        SqlToKaptureOrdersOperator(
+            task_id=TASK_ID,
+            sql_conn_id="erp_warehouse",
+            sql=example_task.sql if sql is None else sql,
+            parameters=example_task.parameters,
+            **kwargs,
+        )
+    return dag
+
+
+def timestamp(value: dt.datetime) -> str:
+    return value.replace(tzinfo=None).strftime(TIMESTAMP_FORMAT)
+
+
+def create_order_changes(warehouse: Any, changes: list[tuple[Any, ...]]) -> None:
+    """``order_changes`` holds several rows per order: (order_id, name, email, invoice, amount, at, version)."""
+    warehouse.execute("DROP TABLE IF EXISTS order_changes")
+    warehouse.execute(ORDER_CHANGES_DDL)
+    p = warehouse.placeholder
+    warehouse.executemany(
+        "INSERT INTO order_changes (change_id, order_id, customer_name, email, invoice_no, total_amount, "
+        f"updated_at, _version) VALUES ({', '.join([p] * 8)})",
+        [(i, *change) for i, change in enumerate(changes, start=1)],
+    )
+
+
+def run_execute(**kwargs: Any) -> dict[str, Any]:
+    """Run the operator's ``execute`` directly (no Airflow run) and return its summary."""
+    task_id = f"direct_{uuid.uuid4().hex[:6]}"
+    operator = SqlToKaptureOrdersOperator(task_id=task_id, sql_conn_id="erp_warehouse", **kwargs)
+    return operator.execute({})  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# ledger: unchanged, changed, refused, stale, several changes in one run
+# --------------------------------------------------------------------------------------------------
+
+
+def test_rerun_sends_nothing_unchanged_and_only_the_changed_row(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    rows = list(generate_orders(120, NAIVE_DAY, NAIVE_DAY + HOUR, seed=3))
+    sqlite_warehouse.insert_orders(rows)
+    first = run_dag_at(example_dag, DAY + HOUR)
+    assert first.state == "success"
+    assert first.xcom(EXAMPLE_TASK_ID)["succeeded"] == 120
+    assert len(add_updates(kapture_conn)) == 120
+    ledger_after_first = sqlite_warehouse.ledger()
+
+    again = run_dag_at(example_dag, DAY + HOUR)
+    assert again.state == "success"
+    summary = again.xcom(EXAMPLE_TASK_ID)
+    assert (summary["rows_read"], summary["unchanged"], summary["requests"], summary["succeeded"]) == (120, 120, 0, 0)
+    assert len(add_updates(kapture_conn)) == 120
+    assert sqlite_warehouse.ledger() == ledger_after_first
+
+    changed_id = rows[57][0]
+    sqlite_warehouse.execute(
+        "UPDATE erp_orders SET city = 'Kochi', updated_at = ? WHERE order_id = ?",
+        (timestamp(DAY + dt.timedelta(minutes=59, seconds=30)), changed_id),
+    )
+    third = run_dag_at(example_dag, DAY + HOUR)
+    assert third.state == "success"
+    summary = third.xcom(EXAMPLE_TASK_ID)
+    assert (summary["unchanged"], summary["succeeded"], summary["requests"]) == (119, 1, 1)
+    resent = add_updates(kapture_conn, since=120)
+    assert [r.order_id for r in resent] == [changed_id]
+    assert resent[0].body["customer_info"]["city"] == "Kochi"
+    assert kapture_conn.orders[changed_id]["customer_info"]["city"] == "Kochi"
+    entry = sqlite_warehouse.ledger()[changed_id]
+    assert entry["status"] == "delivered"
+    assert entry["attempts"] == 2
+    assert entry["body_hash"] != ledger_after_first[changed_id]["body_hash"]
+
+
+def test_refused_order_is_recorded_then_delivered_by_another_interval(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    rows = list(generate_orders(300, NAIVE_DAY, NAIVE_DAY + 2 * HOUR, seed=5))  # 150 per hour
+    sqlite_warehouse.insert_orders(rows)
+    refused = rows[40]
+    assert refused[10] < timestamp(DAY + HOUR)  # in the first interval
+    kapture_conn.script_for_order(refused[0], "failed-body")
+
+    first = run_dag_at(example_dag, DAY + HOUR)
+    assert first.state == "success"  # 1 of 150 is within the DAG's max_failed_ratio of 1 %
+    summary = first.xcom(EXAMPLE_TASK_ID)
+    assert (summary["rows_read"], summary["succeeded"], summary["failed"]) == (150, 149, 1)
+    assert [f["order_id"] for f in summary["failed_orders"]] == [refused[0]]
+    assert "Order Updation Failed" in summary["failed_orders"][0]["error"]
+    assert refused[0] not in kapture_conn.orders
+    entry = sqlite_warehouse.ledger()[refused[0]]
+    assert entry["status"] == "failed"
+    assert "Order Updation Failed" in entry["last_error"]
+    assert entry["pending_body"] and entry["body_hash"] is None
+
+    # The next hour's run delivers it; the first interval is not run again.
+    second = run_dag_at(example_dag, DAY + 2 * HOUR)
+    assert second.state == "success"
+    summary = second.xcom(EXAMPLE_TASK_ID)
+    assert (summary["rows_read"], summary["retried"], summary["succeeded"], summary["failed"]) == (150, 1, 151, 0)
+    assert Counter(r.order_id for r in add_updates(kapture_conn))[refused[0]] == 2
+    body = kapture_conn.orders[refused[0]]
+    assert body["order_info"]["invoice_no"] == refused[5]
+    assert body["customer_info"]["email_id"] == refused[3]
+    assert Decimal(str(body["order_info"]["associate_fields"]["total_amount"])) == refused[9]
+    entry = sqlite_warehouse.ledger()[refused[0]]
+    assert (entry["status"], entry["last_error"], entry["pending_body"], entry["attempts"]) == (
+        "delivered",
+        None,
+        None,
+        2,
+    )
+    assert len(kapture_conn.orders) == 300
+
+
+def test_backfill_of_an_older_interval_does_not_overwrite_newer_data(
+    warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    def at(minutes: int) -> str:
+        return timestamp(DAY + dt.timedelta(minutes=minutes))
+
+    changes = [
+        ("00000100", "Kavya Nair", "kavya@example.com", "INV-OLD", Decimal("10.00"), at(20), 1),
+        ("00000200", "Rohan Das", "rohan@example.com", "INV-200", Decimal("75.25"), at(30), 1),
+        ("00000100", "Kavya Nair", "kavya.n@example.com", "INV-NEW", Decimal("99.90"), at(80), 2),
+    ]
+    create_order_changes(warehouse, changes)
+    dag = sync_dag(example_dag, ORDER_CHANGES_SQL)
+
+    newer = run_dag_at(dag, DAY + 2 * HOUR)  # [01:00, 02:00): version 2 of order 100
+    assert newer.state == "success"
+    assert [r.order_id for r in add_updates(kapture_conn)] == ["00000100"]
+
+    backfill = run_dag_at(dag, DAY + HOUR)  # [00:00, 01:00): version 1 of order 100, order 200
+    assert backfill.state == "success"
+    summary = backfill.xcom(TASK_ID)
+    assert (summary["rows_read"], summary["stale"], summary["succeeded"], summary["requests"]) == (2, 1, 1, 1)
+    assert [r.order_id for r in add_updates(kapture_conn)] == ["00000100", "00000200"]
+    kept = kapture_conn.orders["00000100"]
+    assert kept["order_info"]["invoice_no"] == "INV-NEW"
+    assert kept["customer_info"]["email_id"] == "kavya.n@example.com"
+    assert Decimal(str(kept["order_info"]["associate_fields"]["total_amount"])) == Decimal("99.90")
+    ledger = warehouse.ledger()
+    assert (ledger["00000100"]["status"], ledger["00000100"]["version"]) == ("delivered", "n:2")
+    assert ledger["00000100"]["attempts"] == 1
+
+
+def test_backfill_of_an_older_invalid_row_is_stale_not_invalid(
+    warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    def at(minutes: int) -> str:
+        return timestamp(DAY + dt.timedelta(minutes=minutes))
+
+    changes = [
+        ("00000100", "", "kavya@example.com", "INV-OLD", Decimal("10.00"), at(20), 1),  # no name: invalid
+        ("00000100", "Kavya Nair", "kavya.n@example.com", "INV-NEW", Decimal("99.90"), at(80), 2),
+    ]
+    create_order_changes(warehouse, changes)
+    dag = sync_dag(example_dag, ORDER_CHANGES_SQL)
+    assert run_dag_at(dag, DAY + 2 * HOUR).state == "success"  # version 2 delivered
+
+    backfill = run_dag_at(dag, DAY + HOUR)  # the broken version 1: older than what Kapture has
+    assert backfill.state == "success"
+    summary = backfill.xcom(TASK_ID)
+    assert (summary["stale"], summary["invalid"], summary["requests"]) == (1, 0, 0)
+    assert warehouse.ledger()["00000100"]["status"] == "delivered"
+
+    rerun = run_dag_at(dag, DAY + 2 * HOUR)  # nothing changed: the newer version is not resent
+    assert (rerun.xcom(TASK_ID)["unchanged"], rerun.xcom(TASK_ID)["requests"]) == (1, 0)
+
+
+def test_several_changes_of_one_order_in_one_run_send_only_the_newest(
+    warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    def at(minutes: int) -> str:
+        return timestamp(DAY + dt.timedelta(minutes=minutes))
+
+    changes = [
+        ("00000300", "Arjun Menon", "arjun1@example.com", "INV-1", Decimal("10.00"), at(5), 1),
+        ("00000300", "Arjun Menon", "arjun3@example.com", "INV-3", Decimal("30.75"), at(15), 3),
+        ("00000400", "Diya Khan", "diya@example.com", "INV-400", Decimal("4.00"), at(20), 1),
+        ("00000300", "Arjun Menon", "arjun2@example.com", "INV-2", Decimal("20.50"), at(45), 2),
+    ]  # the newest version of order 300 is neither the first nor the last row
+    create_order_changes(warehouse, changes)
+
+    outcome = run_dag_at(sync_dag(example_dag, ORDER_CHANGES_SQL), DAY + HOUR)
+
+    assert outcome.state == "success"
+    sent = add_updates(kapture_conn)
+    assert Counter(r.order_id for r in sent) == Counter({"00000300": 1, "00000400": 1})
+    body = next(r.body for r in sent if r.order_id == "00000300")
+    assert body["order_info"]["invoice_no"] == "INV-3"
+    assert body["customer_info"]["email_id"] == "arjun3@example.com"
+    assert Decimal(str(body["order_info"]["associate_fields"]["total_amount"])) == Decimal("30.75")
+    assert "_version" not in str(body)
+    summary = outcome.xcom(TASK_ID)
+    assert (summary["rows_read"], summary["succeeded"], summary["requests"], summary["duplicates"]) == (2, 2, 2, 0)
+    assert warehouse.ledger()["00000300"]["version"] == "n:3"
+
+
+# --------------------------------------------------------------------------------------------------
+# invalid rows and max_failed_ratio
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("max_failed_ratio", "state"), [(0.0, "failed"), (0.01, "success")])
+def test_three_invalid_rows_of_a_thousand(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at, max_failed_ratio: float, state: str
+) -> None:
+    rows = list(generate_orders(1000, NAIVE_DAY, NAIVE_DAY + HOUR, invalid=3, seed=9))
+    sqlite_warehouse.insert_orders(rows)
+    invalid_ids = [row[0] for row in rows[:3]]
+
+    outcome = run_dag_at(sync_dag(example_dag, max_failed_ratio=max_failed_ratio), DAY + HOUR)
+
+    assert outcome.state == state
+    assert outcome.task_states == {TASK_ID: state}
+    # the 997 are delivered whatever the verdict
+    assert len(add_updates(kapture_conn)) == 997
+    assert set(kapture_conn.orders) == {row[0] for row in rows[3:]}
+    summary = outcome.xcom(TASK_ID)  # pushed before the task fails, too
+    assert (summary["rows_read"], summary["invalid"], summary["succeeded"], summary["failed"]) == (1000, 3, 997, 0)
+    assert summary["failure_ratio"] == pytest.approx(0.003)
+    assert [r["order_id"] for r in summary["invalid_rows"]] == invalid_ids
+    for problem in summary["invalid_rows"]:
+        assert "customer_info.customer_name" in problem["error"]
+        assert "mandatory" in problem["error"]
+    ledger = sqlite_warehouse.ledger()
+    assert Counter(entry["status"] for entry in ledger.values()) == Counter({"delivered": 997, "invalid": 3})
+    for order_id in invalid_ids:
+        assert ledger[order_id]["status"] == "invalid"
+        assert "customer_info.customer_name" in ledger[order_id]["last_error"]
+        assert ledger[order_id]["pending_body"] is None  # an invalid row is never retried as such
+
+
+# --------------------------------------------------------------------------------------------------
+# mapping errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        pytest.param(
+            "SELECT order_id, customer_name, city AS remarks FROM erp_orders",
+            ["'remarks'", "'customer_info.remarks'", "'enquiry_info.remarks'", "'order_info.remarks'"],
+            id="ambiguous",
+        ),
+        pytest.param(
+            "SELECT order_id, customer_name, city AS colour FROM erp_orders",
+            ["'colour'", "not a Kapture order field", "'order_info.associate_fields.colour'"],
+            id="unknown",
+        ),
+        pytest.param(
+            "SELECT customer_name, invoice_no FROM erp_orders",
+            ["order_info.order_id", "mandatory", "'order_id'"],
+            id="no-order-id",
+        ),
+    ],
+)
+def test_mapping_errors_are_clear_and_raised_before_any_request(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, sql: str, expected: list[str]
+) -> None:
+    sqlite_warehouse.insert_orders(list(generate_orders(20, NAIVE_DAY, NAIVE_DAY + HOUR)))
+
+    with pytest.raises(AirflowFailException) as caught:
+        run_execute(sql=sql)
+
+    for text in expected:
+        assert text in str(caught.value)
+    assert kapture_conn.requests == []
+    assert not sqlite_warehouse.table_exists("kapture_order_sync_ledger")
+
+
+def test_mapping_error_fails_the_task_without_retries(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    sqlite_warehouse.insert_orders(list(generate_orders(20, NAIVE_DAY, NAIVE_DAY + HOUR)))
+    dag = sync_dag(example_dag, "SELECT order_id, customer_name, city AS remarks FROM erp_orders", version_column=None)
+    dag.default_args["retries"] = 2
+    for task in dag.tasks:
+        task.retries, task.retry_delay = 2, dt.timedelta(seconds=1)
+
+    outcome = run_dag_at(dag, DAY + HOUR)
+
+    assert outcome.state == "failed"
+    ti = outcome.dag_run.get_task_instances()[0]
+    assert ti.try_number == 1  # AirflowFailException: no retry could fix the mapping
+    assert kapture_conn.requests == []
+
+
+# --------------------------------------------------------------------------------------------------
+# dry run
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dry_run_reports_and_sends_and_records_nothing(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
+) -> None:
+    rows = list(generate_orders(50, NAIVE_DAY, NAIVE_DAY + HOUR, seed=13))
+    sqlite_warehouse.insert_orders(rows)
+    dry = sync_dag(example_dag, dry_run=True)
+
+    fresh = run_dag_at(dry, DAY + HOUR)  # no ledger yet: everything would be sent, nothing is created
+    assert fresh.state == "success"
+    summary = fresh.xcom(TASK_ID)
+    assert (summary["dry_run"], summary["rows_read"], summary["to_send"], summary["requests"]) == (True, 50, 50, 0)
+    assert (summary["succeeded"], summary["failed"]) == (0, 0)
+    assert kapture_conn.requests == []
+    assert not sqlite_warehouse.table_exists("kapture_order_sync_ledger")
+
+    refused = rows[7][0]
+    kapture_conn.script_for_order(refused, "failed-body")
+    real = run_dag_at(sync_dag(example_dag, max_failed_ratio=1.0), DAY + HOUR)
+    assert real.state == "success"
+    assert len(add_updates(kapture_conn)) == 50
+    for row in rows[:5]:
+        sqlite_warehouse.execute("UPDATE erp_orders SET payment_mode = 'Card (EMI)' WHERE order_id = ?", (row[0],))
+    new_rows = list(generate_orders(3, NAIVE_DAY, NAIVE_DAY + HOUR, seed=14, first_id=99_000_000))
+    sqlite_warehouse.insert_orders(new_rows)
+    ledger_before = sqlite_warehouse.ledger()
+    assert ledger_before[refused]["status"] == "failed"
+
+    again = run_dag_at(dry, DAY + HOUR)
+
+    assert again.state == "success"
+    summary = again.xcom(TASK_ID)
+    # 5 changed + 3 new + the refused one still owed (its row is read again) would be sent
+    assert (summary["rows_read"], summary["unchanged"], summary["to_send"]) == (53, 44, 9)
+    assert (summary["retried"], summary["requests"], summary["succeeded"], summary["failed"]) == (0, 0, 0, 0)
+    assert len(add_updates(kapture_conn)) == 50
+    assert sqlite_warehouse.ledger() == ledger_before
+
+
+# --------------------------------------------------------------------------------------------------
+# parameters are bound, never formatted into the SQL
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("placeholder", [":order_id", "%(order_id)s"])
+def test_parameters_stay_bound(warehouse, kapture_conn: KaptureEmulator, placeholder: str) -> None:
+    rows = list(generate_orders(30, NAIVE_DAY, NAIVE_DAY + HOUR, seed=17))
+    warehouse.insert_orders(rows)
+    sql = (
+        "SELECT order_id, customer_name, invoice_no, updated_at AS _version FROM erp_orders "
+        f"WHERE order_id = {placeholder}"
+    )
+
+    for hostile in ("'; DROP TABLE erp_orders; --", "x' OR '1'='1"):
+        summary = run_execute(sql=sql, parameters={"order_id": hostile}, version_column="_version")
+        assert (summary["rows_read"], summary["requests"]) == (0, 0)
+    assert kapture_conn.requests == []
+    assert warehouse.query("SELECT COUNT(*) FROM erp_orders") == [(30,)]
+
+    # the same query with a real order id selects exactly that order
+    summary = run_execute(sql=sql, parameters={"order_id": rows[4][0]}, version_column="_version")
+    assert (summary["rows_read"], summary["succeeded"]) == (1, 1)
+    assert [r.order_id for r in add_updates(kapture_conn)] == [rows[4][0]]
+
+
+def test_literal_percent_in_a_query_without_parameters(warehouse, kapture_conn: KaptureEmulator) -> None:
+    """A LIKE pattern is no placeholder: without parameters the SQL reaches the driver as written."""
+    rows = list(generate_orders(40, NAIVE_DAY, NAIVE_DAY + HOUR, seed=19))
+    warehouse.insert_orders(rows)
+    sql = (
+        "SELECT order_id, customer_name, city, updated_at AS _version FROM erp_orders "
+        "WHERE city LIKE 'P%' AND email LIKE '%@example.com'"
+    )
+
+    summary = run_execute(sql=sql, version_column="_version")
+
+    expected = {row[0] for row in rows if row[4].startswith("P")}
+    assert expected and len(expected) < len(rows)
+    assert (summary["rows_read"], summary["succeeded"]) == (len(expected), len(expected))
+    assert set(kapture_conn.orders) == expected
