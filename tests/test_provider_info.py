@@ -1,0 +1,41 @@
+"""The provider registers itself and the `kapture` connection form the way Airflow 3's UI reads it."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+from kapture_provider import get_provider_info
+
+
+def test_entry_point_names_the_distribution() -> None:
+    (entry,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("kapture_provider")]
+    info = entry.load()()
+    assert info["package-name"] == "airflow-provider-kapture"
+    assert info == get_provider_info()
+
+
+def test_airflow_lists_the_provider_and_its_hook() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-provider-kapture" in manager.providers
+    hook = manager.hooks["kapture"]
+    assert hook is not None
+    assert hook.hook_class_name == "kapture_provider.hooks.kapture.KaptureHook"
+    assert hook.connection_id_attribute_name == "kapture_conn_id"
+
+
+def test_ui_connection_form_shows_the_kapture_fields() -> None:
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "kapture"]
+    behaviour = meta.standard_fields
+    assert behaviour is not None
+    assert behaviour.host is not None and behaviour.host.title == "Kapture base URL or subdomain"
+    assert behaviour.login is not None and behaviour.login.title == "User name"
+    assert behaviour.password is not None and behaviour.password.title == "Password"
+    assert behaviour.port is not None and behaviour.port.hidden
+    assert behaviour.url_schema is not None and behaviour.url_schema.hidden
+    extras = meta.extra_fields or {}
+    assert {"timeout", "connect_timeout", "max_retries", "allow_insecure_http"} <= set(extras)
+    assert extras["timeout"]["schema"]["type"] == ["number", "null"]
