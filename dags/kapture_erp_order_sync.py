@@ -15,33 +15,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
+from airflow.sdk import DAG, CronDataIntervalTimetable
+from kapture_erp_orders import CHANGED_ORDERS_SQL, INTERVAL_PARAMETERS, KAPTURE_ORDERS
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
-
-#: Downstream DAGs can be scheduled on this: it is updated whenever the sync delivered orders.
-KAPTURE_ORDERS = Asset(name="kapture_orders", uri="kapture://orders")
-
-CHANGED_ORDERS_SQL = """
-SELECT order_id,
-       customer_name,
-       phone,
-       email AS email_id,
-       city,
-       invoice_no,
-       invoice_date,
-       delivery_status,
-       payment_mode,
-       total_amount AS "order_info.associate_fields.total_amount",
-       updated_at AS _version
-FROM erp_orders
-WHERE updated_at >= :start AND updated_at < :end
-"""
-# Timestamps are compared in UTC as 'YYYY-MM-DD HH:MM:SS' text, which SQLite stores and PostgreSQL casts.
-INTERVAL_PARAMETERS = {
-    "start": "{{ data_interval_start.in_timezone('UTC').strftime('%Y-%m-%d %H:%M:%S') }}",
-    "end": "{{ data_interval_end.in_timezone('UTC').strftime('%Y-%m-%d %H:%M:%S') }}",
-}
 
 with DAG(
     dag_id="kapture_erp_order_sync",

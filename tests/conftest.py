@@ -24,6 +24,9 @@ import pytest
 
 from kapture_provider.testing.emulator import KaptureEmulator
 
+# The example DAG files import their shared module as Airflow does: with the DAGs folder on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dags"))
+
 # --------------------------------------------------------------------------------------------------
 # Isolated Airflow home (must happen before airflow is imported anywhere in the test process)
 # --------------------------------------------------------------------------------------------------

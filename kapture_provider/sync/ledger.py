@@ -38,7 +38,9 @@ def encode_version(value: Any) -> str | None:
         return "t:" + value.isoformat(sep=" ", timespec="microseconds")
     if isinstance(value, dt.date):
         return "t:" + dt.datetime(value.year, value.month, value.day).isoformat(sep=" ", timespec="microseconds")
-    return f"s:{value}"
+    text = str(value)  # a lone surrogate (no database stores one) is escaped so that the ledger can store it
+    text = text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return f"s:{text}"[:255]  # the width of the version columns; longer texts compare by their start
 
 
 def version_key(encoded: str) -> tuple[int, Any]:
@@ -53,7 +55,10 @@ def is_older(version: str | None, than: str | None) -> bool:
     """True when ``version`` is strictly older than ``than`` (unknown versions are never older)."""
     if version is None or than is None:
         return False
-    return version_key(version) < version_key(than)
+    try:
+        return version_key(version) < version_key(than)
+    except ArithmeticError:  # a NaN version (decimal.InvalidOperation) orders nothing: unknown
+        return False
 
 
 @dataclass(frozen=True)
