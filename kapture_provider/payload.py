@@ -60,6 +60,11 @@ PERSONAL_FIELDS = frozenset(
      "contact_person_phone", "contact_person_email", "additional_contact_phone", "dob"}
 )  # fmt: skip
 
+#: Longer order ids are refused: the change ledger keys orders by a VARCHAR(255).
+MAX_ORDER_ID_LENGTH = 255
+#: Integers longer than this are refused: Python turns at most 4,300 digits into text (2**13000 has 3,914).
+_MAX_INT_BITS = 13_000
+
 _FIELD_SECTIONS: dict[str, list[str]] = {}
 for _section, _fields in SECTIONS.items():
     for _field in _fields:
@@ -106,6 +111,8 @@ def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
     if value is None:
         return ""
     if isinstance(value, bool | int):
+        if value.bit_length() > _MAX_INT_BITS:
+            raise InvalidOrder(field, "integer of more than 3,900 digits")
         return value
     if isinstance(value, float | Decimal):
         if (isinstance(value, float) and not math.isfinite(value)) or (
@@ -115,16 +122,25 @@ def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
         return value
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            value = pendulum.instance(value).in_timezone(timezone)
-        return value.strftime("%Y-%m-%d %H:%M:%S")
+            try:
+                value = pendulum.instance(value).in_timezone(timezone)
+            except OverflowError:
+                raise InvalidOrder(field, f"date and time out of range in {timezone}") from None
+        return f"{value.year:04d}-{value:%m-%d %H:%M:%S}"  # %Y does not pad years before 1000
     if isinstance(value, dt.date):
-        return value.strftime("%Y-%m-%d")
+        return f"{value.year:04d}-{value:%m-%d}"
     if isinstance(value, dt.time):
         return value.strftime("%H:%M:%S")
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, Mapping):
-        return {str(k): render_value(v, f"{field}.{k}", timezone) for k, v in value.items()}
+        rendered = {}
+        for k, v in value.items():
+            key = str(k)
+            path = f"{field}.{key}" if key.isprintable() else f"{field}.{_escaped(key)}"
+            render_value(key, path, timezone)  # a key with a lone surrogate cannot be encoded either
+            rendered[key] = render_value(v, path, timezone)
+        return rendered
     if isinstance(value, list | tuple):
         return [render_value(v, f"{field}.{i}", timezone) for i, v in enumerate(value)]
     if isinstance(value, bytes | bytearray | memoryview):
@@ -135,18 +151,32 @@ def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
 def render_order_id(value: Any) -> str:
     """Order ids travel as text exactly as stored (``000123`` stays ``000123``; ``123`` → ``"123"``)."""
     if isinstance(value, str):
-        text = value.strip()
+        text = render_value(value, ORDER_ID_PATH).strip()  # refuses a lone surrogate, which no database stores
     elif isinstance(value, bool) or value is None:
         text = ""
-    elif isinstance(value, int):
+    elif isinstance(value, int) and value.bit_length() <= _MAX_INT_BITS:
         text = str(value)
-    elif isinstance(value, float | Decimal) and math.isfinite(value) and value == int(value):
+    elif _whole_number(value):
         text = str(int(value))
     else:
         raise InvalidOrder(ORDER_ID_PATH, f"order id must be text or a whole number, got {type(value).__name__}")
     if not text:
         raise InvalidOrder(ORDER_ID_PATH, "is missing or empty (mandatory)")
+    if len(text) > MAX_ORDER_ID_LENGTH:
+        raise InvalidOrder(ORDER_ID_PATH, f"is longer than {MAX_ORDER_ID_LENGTH} characters (the ledger's key)")
     return text
+
+
+def _whole_number(value: Any) -> bool:
+    """A finite float or Decimal without a fraction (a signalling NaN cannot even be compared)."""
+    if not isinstance(value, float | Decimal) or (isinstance(value, Decimal) and value.is_snan()):
+        return False
+    return math.isfinite(value) and value == int(value)  # within a float's range: at most 309 digits
+
+
+def _escaped(key: str) -> str:
+    """A dict key for an error text: control characters, lone surrogates and the like escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in key)
 
 
 def encode_json(value: Any) -> bytes:

@@ -254,13 +254,13 @@ class OrderSync:
         self.summary.to_send += 1
         if self.dry_run:
             return
-        if self.kapture_down:
-            self._hold(item)
-            return
         order_id = item.order.order_id
         if order_id in self._in_flight_ids:  # never two requests for one order at once
             self._drain(pool, until=0)
         self._drain(pool, until=self.max_concurrency - 1)
+        if self.kapture_down:  # checked after the wait for a slot: the results it recorded may have tripped it
+            self._hold(item)
+            return
         future = pool.submit(self._send, item)
         self._in_flight[future] = item
         self._in_flight_ids.add(order_id)
@@ -300,6 +300,8 @@ class OrderSync:
             for future in done:
                 item = self._in_flight.pop(future)
                 self._in_flight_ids.discard(item.order.order_id)
+                if future.cancelled():  # never sent: cancelled when credentials were refused (rows are re-read)
+                    continue
                 try:
                     outcome = future.result()
                 except KaptureAuthError as err:
