@@ -122,8 +122,8 @@ def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
         return value
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
-            try:
-                value = pendulum.instance(value).in_timezone(timezone)
+            try:  # by the value's own UTC offset (a wall time in a DST gap keeps the offset it shows)
+                value = value.astimezone(pendulum.timezone(timezone))
             except OverflowError:
                 raise InvalidOrder(field, f"date and time out of range in {timezone}") from None
         return f"{value.year:04d}-{value:%m-%d %H:%M:%S}"  # %Y does not pad years before 1000

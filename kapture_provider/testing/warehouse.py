@@ -6,6 +6,7 @@ Schema (one row per order, its current state; ``updated_at`` in UTC)::
                email VARCHAR(200), city VARCHAR(100), invoice_no VARCHAR(32), invoice_date DATE,
                delivery_status VARCHAR(32), payment_mode VARCHAR(32), total_amount NUMERIC(12, 2),
                updated_at TIMESTAMP NOT NULL)
+    CREATE INDEX erp_orders_updated_at ON erp_orders (updated_at)
 
 Run ``python -m kapture_provider.testing.warehouse --db erp.db --orders 3000`` to create a SQLite
 warehouse; :func:`insert_orders` fills any DB-API connection (PostgreSQL in the tests).
@@ -34,6 +35,8 @@ ERP_ORDERS_DDL = """CREATE TABLE IF NOT EXISTS erp_orders (
     total_amount NUMERIC(12, 2),
     updated_at TIMESTAMP NOT NULL
 )"""
+#: The sync selects by ``updated_at`` range: without this index every run scans the whole table.
+ERP_ORDERS_INDEX_DDL = "CREATE INDEX IF NOT EXISTS erp_orders_updated_at ON erp_orders (updated_at)"
 ERP_ORDER_COLUMNS = (
     "order_id", "customer_name", "phone", "email", "city", "invoice_no", "invoice_date",
     "delivery_status", "payment_mode", "total_amount", "updated_at",
@@ -86,6 +89,7 @@ def insert_orders(conn: Any, rows: Sequence[tuple[Any, ...]], placeholder: str =
     """Create ``erp_orders`` if needed and insert (or replace) rows through a DB-API connection."""
     cur = conn.cursor()
     cur.execute(ERP_ORDERS_DDL)
+    cur.execute(ERP_ORDERS_INDEX_DDL)
     marks = ", ".join([placeholder] * len(ERP_ORDER_COLUMNS))
     updates = ", ".join(f"{c} = excluded.{c}" for c in ERP_ORDER_COLUMNS[1:])
     cur.executemany(
