@@ -23,6 +23,7 @@ from unittest import mock
 
 import requests
 from airflow.providers.http.hooks.http import HttpHook
+from kapture_erp_orders import CHANGED_ORDERS_SQL
 
 from benchmarks.fixtures import DAY_END, DAY_START, EMULATOR_PASSWORD, EMULATOR_USER
 from kapture_provider.hooks.kapture import ORDER_PATH, KaptureHook
@@ -34,22 +35,7 @@ WAREHOUSE_CONN_ID = "bench_warehouse"
 KAPTURE_CONN_ID = "bench_kapture"
 HTTP_CONN_ID = "bench_kapture_http"
 TIMESTAMP = "%Y-%m-%d %H:%M:%S"
-#: The example DAGs' query (CHANGED_ORDERS_SQL in dags/kapture_erp_orders.py), over the benchmark day.
-ORDERS_SQL = """
-SELECT order_id,
-       customer_name,
-       phone,
-       email AS email_id,
-       city,
-       invoice_no,
-       invoice_date,
-       delivery_status,
-       payment_mode,
-       total_amount AS "order_info.associate_fields.total_amount",
-       updated_at AS _version
-FROM erp_orders
-WHERE updated_at >= :start AND updated_at < :end
-"""
+ORDERS_SQL = CHANGED_ORDERS_SQL  # the example DAGs' query, run over the benchmark day
 DAY = {"start": DAY_START.strftime(TIMESTAMP), "end": DAY_END.strftime(TIMESTAMP)}
 #: An interval with no orders at all (the hour after the benchmark day).
 EMPTY_HOUR = {"start": DAY_END.strftime(TIMESTAMP), "end": DAY_END.replace(hour=1).strftime(TIMESTAMP)}

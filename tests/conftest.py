@@ -149,6 +149,10 @@ class DagTestResult:
     def state(self) -> str:
         return str(self.dag_run.state)
 
+    @property
+    def data_interval(self) -> tuple[Any, Any]:
+        return self.dag_run.data_interval_start, self.dag_run.data_interval_end
+
     def xcom(self, task_id: str, key: str = "return_value") -> Any:
         """The XCom value a task pushed in this run, or None."""
         from airflow.models.xcom import XComModel
@@ -173,8 +177,11 @@ class _XComRow:
 
 
 @pytest.fixture
-def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[[Any], DagTestResult]]:
-    """Run a DAG built in the test with ``dag.test()``, in-process, against the isolated metadata DB.
+def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]:
+    """Run a DAG with ``dag.test(logical_date=...)``, in-process, against the isolated metadata DB.
+
+    ``run(dag)`` or ``run(dag, logical_date)``; a run at the same logical date replaces the earlier one,
+    so an interval can be re-run.
 
     ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise looks for them in
     the dags folder and fails with "the dag is not serialized"), so the DAG is written there first, in
@@ -185,14 +192,14 @@ def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[[Any], DagTestResult
     from airflow.serialization.serialized_objects import LazyDeserializedDAG
     from airflow.utils.session import create_session
 
-    def run(dag: Any) -> DagTestResult:
+    def run(dag: Any, logical_date: Any = None) -> DagTestResult:
         with create_session() as session:
             DagBundlesManager().sync_bundles_to_db(session=session)  # the DAG row references its bundle
             session.flush()
             update_dag_parsing_results_in_db(
                 "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
             )
-        dag_run = dag.test()
+        dag_run = dag.test(logical_date=logical_date)
         tis = dag_run.get_task_instances()
         return DagTestResult(
             dag_run=dag_run,

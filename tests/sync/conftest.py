@@ -198,68 +198,7 @@ def example_dag() -> Any:
     return dag
 
 
-@dataclass
-class DagRunOutcome:
-    """What one ``dag.test()`` run left in the metadata DB."""
-
-    dag_run: Any
-    task_states: dict[str, str | None]
-
-    @property
-    def state(self) -> str:
-        return str(self.dag_run.state)
-
-    @property
-    def data_interval(self) -> tuple[dt.datetime, dt.datetime]:
-        return self.dag_run.data_interval_start, self.dag_run.data_interval_end
-
-    def xcom(self, task_id: str, key: str = "return_value") -> Any:
-        """The XCom value a task pushed in this run, or None."""
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-        from sqlalchemy import select
-
-        with create_session() as session:
-            value = session.scalar(
-                select(XComModel.value).where(
-                    XComModel.dag_id == self.dag_run.dag_id,
-                    XComModel.run_id == self.dag_run.run_id,
-                    XComModel.task_id == task_id,
-                    XComModel.key == key,
-                )
-            )
-        if value is None:
-            return None
-        return XComModel.deserialize_value(_XComRow(value))
-
-
-@dataclass
-class _XComRow:
-    value: Any
-
-
 @pytest.fixture
-def run_dag_at(airflow_metadata_db: Path) -> Callable[[Any, dt.datetime], DagRunOutcome]:
-    """Run a DAG in-process with ``dag.test(logical_date=...)`` against the isolated metadata DB.
-
-    The DAG is first written to the metadata DB (as the DAG processor would), because ``dag.test()``
-    otherwise looks for it in the (empty) dags folder. A run at the same logical date replaces the
-    earlier one, so an interval can be re-run.
-    """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    def run(dag: Any, logical_date: dt.datetime) -> DagRunOutcome:
-        with create_session() as session:
-            DagBundlesManager().sync_bundles_to_db(session=session)  # the dag row refers to its bundle
-            session.flush()
-            update_dag_parsing_results_in_db(
-                "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-            )
-        dag_run = dag.test(logical_date=logical_date)
-        tis = dag_run.get_task_instances()
-        return DagRunOutcome(dag_run, {ti.task_id: None if ti.state is None else str(ti.state) for ti in tis})
-
-    return run
+def run_dag_at(run_dag: Callable[..., Any]) -> Callable[[Any, dt.datetime], Any]:
+    """``run_dag`` at a logical date T: an hourly DAG's run then covers ``[T - 1 h, T)``."""
+    return run_dag
