@@ -27,7 +27,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests" / "reliability"
-DEFAULT_OUT = REPO / "docs" / "reliability.md"
+REPORT_PATH = "docs/reliability.md"
+DEFAULT_OUT = REPO / REPORT_PATH
 
 FAULTS = {
     "500": "500 (JSON error body)",
@@ -175,15 +176,21 @@ def down_bound_section(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def render(rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], status: int, seconds: float) -> str:
+def commit_under_test() -> str:
+    """HEAD, and whether the tree differs from it (this report itself aside), taken before the run."""
+    changed = [line for line in git("status", "--porcelain").splitlines() if not line.endswith(REPORT_PATH)]
+    return f"`{git('rev-parse', 'HEAD') or 'unknown'}`" + (" (with uncommitted changes)" if changed else "")
+
+
+def render(
+    rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], status: int, seconds: float, commit: str
+) -> str:
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_kind[row["kind"]].append(row)
     counts: dict[str, int] = defaultdict(int)
     for result in results.values():
         counts[result["outcome"]] += 1
-    commit = git("rev-parse", "HEAD") or "unknown"
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain") else ""
     lines = [
         "# Reliability and security test results",
         "",
@@ -191,7 +198,7 @@ def render(rows: list[dict[str, Any]], results: dict[str, dict[str, Any]], statu
         "",
         f"* Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"* Machine: {machine()}",
-        f"* Commit: `{commit}`{dirty}",
+        f"* Commit: {commit}",
         f"* Result: {', '.join(f'{n} {k}' for k, n in sorted(counts.items())) or 'no tests ran'} "
         f"(pytest exit status {status}) in {seconds / 60:.1f} min",
         "",
@@ -404,12 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown file to write")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
+    commit = commit_under_test()
     with tempfile.TemporaryDirectory(prefix="kapture-reliability-") as work:
         rows_file, junit = Path(work) / "rows.jsonl", Path(work) / "junit.xml"
         status, seconds = run_pytest(rows_file, junit, args.pytest_args)
         rows, results = read_rows(rows_file), read_junit(junit)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, results, status, seconds), encoding="utf-8")
+    args.out.write_text(render(rows, results, status, seconds, commit), encoding="utf-8")
     print(f"wrote {args.out} ({len(rows)} measured rows, {len(results)} tests)")
     return status
 
