@@ -328,3 +328,14 @@ def test_execute_reports_non_finite_number_invalid(kapture_emulator: KaptureEmul
     assert sent_order_ids(kapture_emulator) == ["ORD-0"]
     assert summary["orders"][1]["status"] == "invalid"
     assert summary["orders"][1]["error"].startswith("order_info.associate_fields.amount:")
+
+
+def test_unusable_connection_fails_for_good_before_anything_is_sent(kapture_conn_env) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    kapture_conn_env(CONN_ID, host="http://kapture.example.com", login="user", password="s3cret-pass")
+    operator = make_operator(orders=order(0))
+
+    with pytest.raises(AirflowFailException, match="allow_insecure_http") as raised:
+        operator.execute({"ti": RecordingTI()})
+    assert "s3cret-pass" not in str(raised.value)
