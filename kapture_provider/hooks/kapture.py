@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 from requests.adapters import HTTPAdapter
 
@@ -183,6 +184,14 @@ class KaptureHook(BaseHook):
             }
         )
         return session
+
+    def check_settings(self) -> None:
+        """Read the connection now: one that cannot work (no Host or password, plain http to a remote
+        host) fails the task for good, before anything is read or sent, instead of being retried."""
+        try:
+            self.settings  # noqa: B018
+        except ValueError as err:
+            raise AirflowFailException(f"Kapture connection {self.kapture_conn_id!r}: {err}") from None
 
     def update_order(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Validate one order body and add/update it in Kapture; returns Kapture's parsed answer."""

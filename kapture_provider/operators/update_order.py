@@ -69,10 +69,7 @@ class UpdateOrderOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         orders = _as_list(self.orders)
         hook = KaptureHook(self.kapture_conn_id)
-        try:  # a connection that cannot work (no Host or password, plain http to a remote host) fails for good
-            hook.settings  # noqa: B018
-        except ValueError as err:
-            raise AirflowFailException(f"Kapture connection {self.kapture_conn_id!r}: {err}") from None
+        hook.check_settings()
         outcomes: list[dict[str, Any]] = []
         try:
             for position, body in enumerate(orders):

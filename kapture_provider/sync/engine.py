@@ -21,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kapture_provider.exceptions import KaptureAuthError, KaptureError
@@ -287,8 +287,9 @@ class OrderSync:
         except KaptureAuthError:
             raise
         except KaptureError as err:
-            outcome = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, err.message)
-            return replace(outcome, transient=err.retryable)
+            return Outcome(
+                order.order_id, FAILED, order.body_hash, item.version, order.data, err.message, err.retryable
+            )
         return Outcome(order.order_id, DELIVERED, order.body_hash, item.version)
 
     def _drain(self, pool: ThreadPoolExecutor, until: int, record_only: bool = False) -> None:

@@ -105,10 +105,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
         kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
         if not self.is_dry_run:
-            try:  # a connection that cannot work (no Host or password, plain http to a remote host) fails
-                kapture.settings  # noqa: B018 - here, before a row is read, and for good
-            except ValueError as err:
-                raise AirflowFailException(f"Kapture connection {self.kapture_conn_id!r}: {err}") from None
+            kapture.check_settings()
         engine = OrderSync(
             kapture,
             ledger,
