@@ -15,11 +15,9 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
-from requests.adapters import HTTPAdapter
 
 from kapture_provider.exceptions import (
     KaptureAuthError,
@@ -30,6 +28,7 @@ from kapture_provider.exceptions import (
     scrub,
 )
 from kapture_provider.hooks.throttle import RequestThrottle
+from kapture_provider.hooks.transport import Answer, ConnectionPool, TransportError
 from kapture_provider.payload import prepare_order
 
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"
@@ -141,7 +140,6 @@ class KaptureHook(BaseHook):
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
-        self._templates: dict[str, requests.PreparedRequest] = {}
 
     @cached_property
     def settings(self) -> KaptureSettings:
@@ -167,23 +165,22 @@ class KaptureHook(BaseHook):
         return KaptureSettings(base_url, basic_authorization(conn.login, conn.password), **values)
 
     @cached_property
-    def session(self) -> requests.Session:
-        """One keep-alive session, its pool sized for concurrent use, TLS verification on."""
-        session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.settings.pool_size, max_retries=0)
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
-        session.verify = True
-        session.trust_env = False  # never pick up a proxy or a netrc password from the environment
-        session.headers.update(
-            {
-                "Authorization": self.settings.authorization,
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": "airflow-provider-kapture",
-            }
+    def pool(self) -> ConnectionPool:
+        """Keep-alive connections for concurrent use, TLS verification on, never through a proxy."""
+        settings = self.settings
+        headers = {
+            "Authorization": settings.authorization,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": "airflow-provider-kapture",
+        }
+        return ConnectionPool(
+            settings.base_url,
+            headers=headers,
+            size=settings.pool_size,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.timeout,
         )
-        return session
 
     def check_settings(self) -> None:
         """Read the connection now: one that cannot work (no Host or password, plain http to a remote
@@ -227,7 +224,7 @@ class KaptureHook(BaseHook):
         attempts = settings.max_retries + 1 if attempts is None else attempts
         for attempt in range(attempts):
             try:
-                return self._attempt(settings.base_url + path, data, order_id)
+                return self._attempt(path, data, order_id)
             except _Retry as retry:
                 if attempt + 1 >= attempts:
                     raise KaptureTransientError(
@@ -242,41 +239,24 @@ class KaptureHook(BaseHook):
                     time.sleep(self._random.uniform(0, cap))  # exponential backoff, full jitter
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, url: str, data: bytes, order_id: str | None) -> dict[str, Any]:
+    def _attempt(self, path: str, data: bytes, order_id: str | None) -> dict[str, Any]:
         """One request: the parsed answer, a final :class:`KaptureError`, or :class:`_Retry`."""
-        settings = self.settings
         self.throttle.wait()
         with self._lock:
             self.requests_sent += 1
-        request = self._prepared(url, data)
         sent_at = time.monotonic()
         try:
-            # straight to the pooled adapter: no cookies, hooks or redirects to process (none are used)
-            response = self.session.get_adapter(url).send(
-                request, timeout=(settings.connect_timeout, settings.timeout), verify=True
-            )
-            response.content  # noqa: B018 - read the whole body here, where cut-offs and timeouts are caught
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as err:
+            answer = self.pool.post(path, data)
+        except TransportError as err:
             self.throttle.observe(None, time.monotonic() - sent_at)
-            error = KaptureTransientError(f"order {order_id}: {_describe_network_error(err)}", order_id=order_id)
-            raise _Retry(error, None) from None
-        self.throttle.observe(response.status_code, time.monotonic() - sent_at)
-        return _classify(response, order_id)
-
-    def _prepared(self, url: str, data: bytes) -> requests.PreparedRequest:
-        """A POST of ``data`` to ``url`` with the session's headers, built from a per-URL template."""
-        template = self._templates.get(url)
-        if template is None:
-            template = self._templates[url] = self.session.prepare_request(requests.Request("POST", url, data=b"{}"))
-        request = template.copy()
-        request.body = data
-        request.headers["Content-Length"] = str(len(data))
-        return request
+            raise _Retry(KaptureTransientError(f"{_prefix(order_id)}{err}", order_id=order_id), None) from None
+        self.throttle.observe(answer.status, time.monotonic() - sent_at)
+        return _classify(answer, order_id)
 
     def close(self) -> None:
         """Close the pooled connections."""
-        if "session" in self.__dict__:
-            self.session.close()
+        if "pool" in self.__dict__:
+            self.pool.close()
 
 
 class _Retry(Exception):
@@ -288,13 +268,13 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
-def _classify(response: requests.Response, order_id: str | None) -> dict[str, Any]:
+def _classify(answer: Answer, order_id: str | None) -> dict[str, Any]:
     """Turn one HTTP answer into the parsed body, or raise the error class it belongs to."""
-    code = response.status_code
-    prefix = f"order {order_id}: " if order_id else ""
+    code = answer.status
+    prefix = _prefix(order_id)
     body: Any = None
     try:
-        body = json.loads(response.content)
+        body = json.loads(answer.body)
     except ValueError:
         pass
     fields = {str(k).lower(): v for k, v in body.items()} if isinstance(body, dict) else {}
@@ -307,9 +287,9 @@ def _classify(response: requests.Response, order_id: str | None) -> dict[str, An
             status_code=code,
         )
     if code in _RETRYABLE_STATUS or (200 <= code < 300 and body is None):
-        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(response)}")
+        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body)}")
         error = KaptureTransientError(f"{prefix}{what}", order_id=order_id, status_code=code)
-        raise _Retry(error, parse_retry_after(response.headers.get("Retry-After")))
+        raise _Retry(error, parse_retry_after(answer.retry_after))
     if 300 <= code < 400:
         raise KaptureRejectedError(
             f"{prefix}Kapture redirected (HTTP {code}); redirects are not followed so the credentials "
@@ -318,30 +298,26 @@ def _classify(response: requests.Response, order_id: str | None) -> dict[str, An
             status_code=code,
         )
     if not 200 <= code < 300 or status == "failed":
-        detail = message or (f"body {_excerpt(response)}" if body is None else "no message")
+        detail = message or (f"body {_excerpt(answer.body)}" if body is None else "no message")
         raise KaptureRejectedError(
             f"{prefix}Kapture refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
         )
     if status != "success":
         raise KaptureResponseError(
-            f"{prefix}HTTP {code} without a success status: {_excerpt(response)}",
+            f"{prefix}HTTP {code} without a success status: {_excerpt(answer.body)}",
             order_id=order_id,
             status_code=code,
         )
     return body  # type: ignore[no-any-return]
 
 
-def _excerpt(response: requests.Response) -> str:
-    text = response.content[:400].decode("utf-8", errors="replace")
+def _prefix(order_id: str | None) -> str:
+    return f"order {order_id}: " if order_id else ""
+
+
+def _excerpt(body: bytes) -> str:
+    text = body[:400].decode("utf-8", errors="replace")
     return repr(scrub(text, 80)) if text.strip() else "empty"
-
-
-def _describe_network_error(err: Exception) -> str:
-    if isinstance(err, requests.Timeout):
-        return "no answer within the timeout"
-    if isinstance(err, requests.exceptions.ChunkedEncodingError):
-        return "the answer was cut off"
-    return "connection failed or was reset"
 
 
 def _host_with_port(host: str | None, port: int | None) -> str:

@@ -331,12 +331,28 @@ def test_update_order_rendered_fields_mask_phone_and_email(
 # --------------------------------------------------------------------------------------------------
 
 
-def test_tls_verification_is_on_by_default(kapture_conn_env: Any) -> None:
+def test_https_is_the_default_scheme(kapture_conn_env: Any) -> None:
     kapture_conn_env("kapture_tls", host="acme", login=LOGIN, password="pw")
-    hook = KaptureHook("kapture_tls")
-    assert hook.settings.base_url == "https://acme.kapturecrm.com"
-    assert hook.session.verify is True
-    assert hook.session.trust_env is False  # no proxy or netrc password from the environment
+    assert KaptureHook("kapture_tls").settings.base_url == "https://acme.kapturecrm.com"
+
+
+def test_proxy_settings_in_the_environment_are_ignored(
+    kapture_emulator: KaptureEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = LocalServer("127.0.0.1", lambda handler, body: (200, {}, b'{"status": "success"}'))
+    try:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_PROXY", kapture_emulator.connection_json())
+        KaptureHook("kapture_proxy").update_order(
+            {"customer_info": {"customer_name": "A"}, "order_info": {"order_id": "7"}}
+        )
+    finally:
+        proxy.close()
+    assert proxy.seen == []  # the credentials never went through a proxy
+    assert "7" in kapture_emulator.orders
 
 
 @pytest.fixture
@@ -384,7 +400,7 @@ def test_self_signed_certificate_is_refused(self_signed_server: LocalServer, kap
         extra={**FAST_BACKOFF, "max_retries": 1},
     )
     hook = KaptureHook("kapture_tls")
-    with pytest.raises(KaptureTransientError, match="connection failed"):
+    with pytest.raises(KaptureTransientError, match="connection failed: the server's TLS certificate was not accepted"):
         hook.update_order({"customer_info": {"customer_name": "A"}, "order_info": {"order_id": "1"}})
     assert self_signed_server.seen == []  # the handshake failed: no request, no Authorization header, went out
 
