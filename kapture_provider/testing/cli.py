@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         default="body",
         help="answer auth/validation failures with HTTP 200 (body) or 400/401 (http)",
     )
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds to wait before each answer")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds from each request's arrival to its answer")
     parser.add_argument("--rate-limit", type=float, help="add-update requests per second before 429s")
     parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds (default: 1)")
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a fault, 0..1")

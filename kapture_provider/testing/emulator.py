@@ -797,12 +797,14 @@ class _Handler(BaseHTTPRequestHandler):
         return fields.get("expect", "").lower() != "100-continue" or self.handle_expect_100()
 
     def _handle(self) -> None:
+        arrived = time.monotonic()
         raw = self._read_body()
         if raw is None:
             return
         emulator = self.server.emulator
         reply = emulator._answer(self.command, self.path, self.fields.get("authorization"), raw)
-        if reply.delay and emulator._stopping.wait(reply.delay):
+        # the latency counts from the request's arrival: the time spent handling it is part of it
+        if reply.delay and emulator._stopping.wait(max(arrived + reply.delay - time.monotonic(), 0.0)):
             self.close_connection = True  # stopped while waiting: drop the connection unanswered
             return
         if reply.reset:
