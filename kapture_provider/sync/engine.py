@@ -6,9 +6,10 @@ One run:
    and never sent);
 2. each chunk is compared with the ledger in one query: same body hash as last delivered →
    ``unchanged``; a version older than the newest sent → ``stale``; anything else is sent;
-3. at most ``max_concurrency`` requests are in flight through one shared hook. A slot is refilled
-   only after the results that freed it are committed to the ledger, so a run killed at any point
-   resends at most ``max_concurrency`` orders when it is run again;
+3. ``max_concurrency`` sending threads share one hook. Each takes the next order from a short queue,
+   sends it and records the result in the ledger itself before it takes another, so a run killed at
+   any point resends at most ``max_concurrency`` orders when it is run again, and no sending thread
+   waits for the main thread (which reads, maps and decides the next orders meanwhile);
 4. after the rows, orders that failed in earlier runs (of any interval) are resent from the body the
    ledger kept for them, unless this run already dealt with them.
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,6 +87,13 @@ class _Send:
     version: str | None
 
 
+def _unexpected(order_id: str, err: BaseException) -> RuntimeError:
+    """A bug (not Kapture): stops the run, reported with the order it happened to."""
+    failure = RuntimeError(f"order {order_id}: unexpected error")
+    failure.__cause__ = err
+    return failure
+
+
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -92,7 +101,7 @@ def _utc_now() -> str:
 class OrderSync:
     """Pushes prepared orders to Kapture, deciding per order with the ledger.
 
-    :param hook: the shared hook (its session pool must hold ``max_concurrency`` connections).
+    :param hook: the shared hook (its connection pool should keep ``max_concurrency`` connections).
     :param ledger: where outcomes are recorded; ``None`` disables change detection (every valid row is sent).
     :param max_concurrency: requests in flight at once.
     :param dry_run: decide and report, send and record nothing.
@@ -128,9 +137,14 @@ class OrderSync:
         self.summary = SyncSummary(dry_run=dry_run)
         self._consecutive_transient = 0
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
-        self._in_flight: dict[Future[Outcome], _Send] = {}
-        self._in_flight_ids: set[str] = set()
         self._dry_run_ids: set[str] = set()  # failed orders a dry run counted as to send (it records nothing)
+        # sending: the main thread queues orders, the sending threads send and record them
+        self._queue: queue.Queue[_Send | None] = queue.Queue(maxsize=max_concurrency)
+        self._lock = threading.Lock()  # guards the summary's counts and everything below
+        self._changed = threading.Condition(self._lock)  # notified when an order is done with
+        self._outstanding: set[str] = set()  # queued or being sent: not recorded yet
+        self._stopping = False  # the sending threads take no new requests (the run failed)
+        self._failure: BaseException | None = None  # what stopped a sending thread, raised by the main thread
         self._started = time.monotonic()
         self._started_at = _utc_now()
         self._next_progress = self._started + progress_seconds
@@ -154,27 +168,35 @@ class OrderSync:
             raise ValueError("sharding needs a column named 'order_id' or 'order_info.order_id'")
         self._prepare_ledger()
         requests_before = self.hook.requests_sent
-        with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="kapture-sync") as pool:
-            try:
-                for chunk in chunks:
-                    self._sync_chunk(pool, mapper, chunk, version_index, id_index)
-                self._retry_pending(pool)
-                self._drain(pool, until=0)
-                self._flush_not_sent()
-            except BaseException:
-                self._drain(pool, until=0, record_only=True)
-                raise
-            finally:
-                self.summary.requests = self.hook.requests_sent - requests_before
-                self.summary.kapture_down = self.kapture_down
-                self._finish_timing()
+        senders = [
+            threading.Thread(target=self._send_queued, name=f"kapture-sync-{n}", daemon=True)
+            for n in range(0 if self.dry_run else self.max_concurrency)
+        ]
+        for sender in senders:
+            sender.start()
+        try:
+            for chunk in chunks:
+                self._sync_chunk(mapper, chunk, version_index, id_index)
+            self._retry_pending()
+            self._wait_until_done()
+            self._flush_not_sent()
+        except BaseException:
+            self._stopping = True  # queued orders are not sent; requests in flight finish and are recorded
+            raise
+        finally:
+            for _ in senders:
+                self._queue.put(None)
+            for sender in senders:
+                sender.join()
+            self.summary.requests = self.hook.requests_sent - requests_before
+            self.summary.kapture_down = self.kapture_down
+            self._finish_timing()
         self._log_progress(final=True)
         return self.summary
 
     # -- per chunk ------------------------------------------------------------------------------
     def _sync_chunk(
         self,
-        pool: ThreadPoolExecutor,
         mapper: OrderMapper,
         chunk: Sequence[Sequence[Any]],
         version_index: int | None,
@@ -212,7 +234,7 @@ class OrderSync:
             else:
                 if self.dry_run and entry is not None and entry.status == FAILED:
                     self._dry_run_ids.add(candidate.order.order_id)  # only failed orders come back as pending
-                self._dispatch(pool, candidate)
+                self._dispatch(candidate)
         self._log_progress()
 
     @property
@@ -236,10 +258,10 @@ class OrderSync:
         if invalid and not self.dry_run and self.ledger is not None and self._ledger_ready:
             self.ledger.record(invalid, _utc_now())
 
-    def _retry_pending(self, pool: ThreadPoolExecutor) -> None:
+    def _retry_pending(self) -> None:
         if not self._ledger_ready or self.ledger is None or self.kapture_down:
             return
-        self._drain(pool, until=0)  # this run's own outcomes must be in the ledger first
+        self._wait_until_done()  # this run's own outcomes must be in the ledger first
         for pending in self.ledger.pending(attempted_before=self._started_at):
             if not self._in_shard(pending.order_id):
                 continue
@@ -247,26 +269,86 @@ class OrderSync:
                 continue
             self.summary.retried += 1
             order = PreparedOrder(pending.order_id, pending.data, pending.body_hash)
-            self._dispatch(pool, _Send(order, pending.version))
+            self._dispatch(_Send(order, pending.version))
 
     # -- sending --------------------------------------------------------------------------------
-    def _dispatch(self, pool: ThreadPoolExecutor, item: _Send) -> None:
-        self.summary.to_send += 1
-        if self.dry_run:
-            return
-        order_id = item.order.order_id
-        if order_id in self._in_flight_ids:  # never two requests for one order at once
-            self._drain(pool, until=0)
-        self._drain(pool, until=self.max_concurrency - 1)
-        if self.kapture_down:  # checked after the wait for a slot: the results it recorded may have tripped it
-            self._hold(item)
-            return
-        future = pool.submit(self._send, item)
-        self._in_flight[future] = item
-        self._in_flight_ids.add(order_id)
+    def _dispatch(self, item: _Send) -> None:
+        """Queue an order for the sending threads (waits while the queue is full)."""
+        with self._lock:
+            self.summary.to_send += 1
+            if self.dry_run:
+                return
+            while item.order.order_id in self._outstanding and self._failure is None:
+                self._changed.wait()  # never two requests for one order at once
+            self._raise_failure()
+            if self.kapture_down:  # no request: recorded as failed, its body pending
+                self._hold(item)
+                return
+            self._outstanding.add(item.order.order_id)
+        self._queue.put(item)
+
+    def _wait_until_done(self) -> None:
+        """Wait until every queued order is sent and recorded."""
+        with self._lock:
+            while self._outstanding and self._failure is None:
+                self._changed.wait()
+            self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _send_queued(self) -> None:
+        """A sending thread: send the next queued order and record its outcome, until told to stop."""
+        while (item := self._queue.get()) is not None:
+            order_id = item.order.order_id
+            try:
+                if self._stopping:
+                    continue  # never sent: the run failed (its rows are read again by the next run)
+                if self.kapture_down:
+                    with self._lock:
+                        self._hold(item)
+                    continue
+                outcome = self._send(item)
+                if self.ledger is not None and self._ledger_ready:
+                    self.ledger.record([outcome], _utc_now())
+                with self._lock:
+                    self._count(outcome)
+                    self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
+            except BaseException as err:
+                self._fail(err if isinstance(err, KaptureAuthError) else _unexpected(order_id, err))
+            finally:
+                with self._lock:
+                    self._outstanding.discard(order_id)
+                    self._changed.notify_all()
+
+    def _fail(self, failure: BaseException) -> None:
+        """Stop the run: no more requests; the main thread raises ``failure``."""
+        with self._lock:
+            self._stopping = True
+            if self._failure is None:
+                self._failure = failure
+
+    def _send(self, item: _Send) -> Outcome:
+        """Send one order; a refusal of the credentials is recorded, then raised."""
+        order = item.order
+        try:
+            self.hook.post_order(order.data, order_id=order.order_id)
+        except KaptureAuthError as err:
+            failed = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, err.message)
+            if self.ledger is not None and self._ledger_ready:
+                self.ledger.record([failed], _utc_now())
+            with self._lock:
+                self._count(failed)
+            raise
+        except KaptureError as err:
+            return Outcome(
+                order.order_id, FAILED, order.body_hash, item.version, order.data, err.message, err.retryable
+            )
+        return Outcome(order.order_id, DELIVERED, order.body_hash, item.version)
 
     def _hold(self, item: _Send) -> None:
-        """Record an order as failed and pending without sending it (Kapture is down)."""
+        """Record an order as failed and pending without sending it, Kapture being down (lock held)."""
         order = item.order
         reason = f"not sent: Kapture unavailable ({self.max_consecutive_transient} orders in a row failed)"
         outcome = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, reason)
@@ -279,49 +361,6 @@ class OrderSync:
         if self._not_sent and self.ledger is not None and self._ledger_ready:
             self.ledger.record(self._not_sent, _utc_now())
         self._not_sent = []
-
-    def _send(self, item: _Send) -> Outcome:
-        order = item.order
-        try:
-            self.hook.post_order(order.data, order_id=order.order_id)
-        except KaptureAuthError:
-            raise
-        except KaptureError as err:
-            return Outcome(
-                order.order_id, FAILED, order.body_hash, item.version, order.data, err.message, err.retryable
-            )
-        return Outcome(order.order_id, DELIVERED, order.body_hash, item.version)
-
-    def _drain(self, pool: ThreadPoolExecutor, until: int, record_only: bool = False) -> None:
-        """Wait until at most ``until`` requests are in flight, recording every finished one."""
-        while len(self._in_flight) > until:
-            done, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
-            outcomes: list[Outcome] = []
-            auth_error: KaptureAuthError | None = None
-            for future in done:
-                item = self._in_flight.pop(future)
-                self._in_flight_ids.discard(item.order.order_id)
-                if future.cancelled():  # never sent: cancelled when credentials were refused (rows are re-read)
-                    continue
-                try:
-                    outcome = future.result()
-                except KaptureAuthError as err:
-                    auth_error = err
-                    outcome = Outcome(item.order.order_id, FAILED, item.order.body_hash, item.version,
-                                      item.order.data, err.message)  # fmt: skip
-                except Exception as err:  # a bug, not Kapture: record it and stop the run
-                    if self.ledger is not None and self._ledger_ready:
-                        self.ledger.record(outcomes, _utc_now())
-                    raise RuntimeError(f"order {item.order.order_id}: unexpected error") from err
-                outcomes.append(outcome)
-                self._count(outcome)
-                self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
-            if self.ledger is not None and self._ledger_ready:
-                self.ledger.record(outcomes, _utc_now())
-            if auth_error is not None and not record_only:
-                for future in self._in_flight:
-                    future.cancel()
-                raise auth_error
 
     def _count(self, outcome: Outcome) -> None:
         if outcome.status == DELIVERED:

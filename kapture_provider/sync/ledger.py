@@ -6,22 +6,29 @@ Kapture (``pending_body``), so a later run of any interval can deliver it withou
 warehouse. That column holds the order's personal data until delivery succeeds; it is cleared then.
 Tested on SQLite (switched to WAL so the warehouse can be read while the ledger is written) and
 PostgreSQL; the SQL is plain ``INSERT … ON CONFLICT`` that both understand.
+
+The sync engine's sending threads record their own results, so one connection serves every thread:
+each method holds the ledger's lock while it uses it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOOKUP_BATCH = 500
+_Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def encode_version(value: Any) -> str | None:
@@ -103,8 +110,19 @@ class PendingOrder:
     version: str | None
 
 
+def _serialized(method: _Method) -> _Method:
+    """Run a :class:`Ledger` method holding the ledger's lock: its one connection serves every thread."""
+
+    @functools.wraps(method)
+    def locked(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(_Method, locked)
+
+
 class Ledger:
-    """Reads and writes the ledger table through a common-sql ``DbApiHook``."""
+    """Reads and writes the ledger table through a common-sql ``DbApiHook``; safe to share between threads."""
 
     def __init__(self, hook: DbApiHook, table: str = "kapture_order_sync_ledger"):
         if not _IDENTIFIER.match(table):
@@ -113,20 +131,17 @@ class Ledger:
         self.table = table
         self._conn: Any = None
         self._p = hook.placeholder
+        self._lock = threading.RLock()  # one thread at a time on the connection
 
     @property
     def conn(self) -> Any:
         """The ledger's own connection (SQLite: switched to WAL, so open it before reading the warehouse)."""
-        if self._conn is None:
-            self._conn = self.hook.get_conn()
-            if _is_sqlite(self._conn):
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                # no fsync per commit (WAL stays consistent; an OS crash may undo the last commits, whose
-                # orders are then sent again): an fsync would hold up every refilled slot of a sync
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-                self._conn.execute("PRAGMA busy_timeout=30000")
-        return self._conn
+        with self._lock:
+            if self._conn is None:
+                self._conn = _connect(self.hook)
+            return self._conn
 
+    @_serialized
     def exists(self) -> bool:
         """Whether the ledger table is there (dry runs never create it)."""
         cur = self.conn.cursor()
@@ -139,6 +154,7 @@ class Ledger:
         finally:
             cur.close()
 
+    @_serialized
     def create(self) -> None:
         """Create the table and its status index if missing.
 
@@ -176,6 +192,7 @@ class Ledger:
         cur.close()
         self.conn.commit()
 
+    @_serialized
     def lookup(self, order_ids: Sequence[str]) -> dict[str, LedgerEntry]:
         """The ledger entries of these order ids (missing ids are new orders)."""
         found: dict[str, LedgerEntry] = {}
@@ -194,6 +211,7 @@ class Ledger:
         cur.close()
         return found
 
+    @_serialized
     def record(self, outcomes: Iterable[Outcome], now: str) -> None:
         """Write a batch of outcomes in one transaction and commit it."""
         delivered, failed = [], []
@@ -231,27 +249,51 @@ class Ledger:
     def pending(self, attempted_before: str, batch_size: int = 1000) -> Iterator[PendingOrder]:
         """Orders whose last attempt failed before ``attempted_before`` and that still owe a body."""
         after = ""
-        p = self._p
         while True:
-            cur = self.conn.cursor()
-            cur.execute(
-                f"SELECT order_id, pending_body, pending_hash, pending_version FROM {self.table} "
-                f"WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL AND order_id > {p} "
-                f"ORDER BY order_id LIMIT {int(batch_size)}",
-                (FAILED, attempted_before, after),
-            )
-            rows = cur.fetchall()
-            cur.close()
+            rows = self._pending_batch(attempted_before, after, batch_size)
             for order_id, body, body_hash, version in rows:
                 yield PendingOrder(order_id, body.encode("utf-8"), body_hash, version)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
 
+    @_serialized
+    def _pending_batch(self, attempted_before: str, after: str, batch_size: int) -> list[tuple[Any, ...]]:
+        p = self._p
+        cur = self.conn.cursor()
+        cur.execute(
+            f"SELECT order_id, pending_body, pending_hash, pending_version FROM {self.table} "
+            f"WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL AND order_id > {p} "
+            f"ORDER BY order_id LIMIT {int(batch_size)}",
+            (FAILED, attempted_before, after),
+        )
+        rows = cur.fetchall()
+        cur.close()
+        return list(rows)
+
+    @_serialized
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _connect(hook: DbApiHook) -> Any:
+    """A connection from ``hook``; SQLite's is reopened so that other threads may use it, and switched to WAL."""
+    conn = hook.get_conn()
+    if not _is_sqlite(conn):
+        return conn
+    path = conn.execute("PRAGMA database_list").fetchone()[2]
+    conn.close()
+    if not path:
+        raise ValueError("the ledger needs a SQLite database file: an in-memory database is gone after the task")
+    conn = sqlite3.connect(path, check_same_thread=False)  # used by one thread at a time: the ledger's lock
+    conn.execute("PRAGMA journal_mode=WAL")
+    # no fsync per commit (WAL stays consistent; an OS crash may undo the last commits, whose orders are
+    # then sent again): an fsync would hold up every sending thread as it records its result
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
 
 
 def _is_sqlite(conn: Any) -> bool:

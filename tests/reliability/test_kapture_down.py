@@ -222,26 +222,22 @@ def test_refused_credentials_fail_the_dag_task_without_retries(
     )
 
 
-def test_refused_credentials_with_requests_still_queued_fail_the_task_cleanly(
+def test_refused_credentials_with_orders_still_queued_fail_the_task_cleanly(
     sqlite_warehouse: Any, kapture_emulator: KaptureEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Requests submitted but not started when the credentials are refused are cancelled, not reported as a bug.
+    """Orders queued for sending when the credentials are refused are not sent, and that is not a bug.
 
-    Made deterministic with a one-thread pool under ``max_concurrency`` 8 (in a real run this happens when
-    the refusal arrives before the pool's threads picked up the newest submissions): the task must still
-    fail with ``AirflowFailException`` naming the refusal, not with a retryable "unexpected error".
+    With ``max_concurrency`` 1 the next order is already queued while the first request waits for its 401:
+    the task must fail with ``AirflowFailException`` naming the refusal (not a retryable "unexpected
+    error"), and the queued order must never reach Kapture.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import kapture_provider.sync.engine as engine_module
-
-    monkeypatch.setattr(engine_module, "ThreadPoolExecutor", lambda workers, **kw: ThreadPoolExecutor(1, **kw))
     kapture_emulator.configure(latency=0.05)
     kapture_emulator.script("401")
     monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_DEFAULT", kapture_emulator.connection_json())
     day = dt.datetime(2026, 11, 26)
     sqlite_warehouse.insert_orders(list(generate_orders(50, day + dt.timedelta(hours=1), day + dt.timedelta(hours=2))))
+    operator = SqlToKaptureOrdersOperator(task_id="queued", **{**operator_kwargs(HOUR_1), "max_concurrency": 1})
     with pytest.raises(AirflowFailException, match="refused the credentials"):
-        SqlToKaptureOrdersOperator(task_id="queued", **operator_kwargs(HOUR_1)).execute({"ti": FakeTaskInstance()})  # type: ignore[arg-type]
+        operator.execute({"ti": FakeTaskInstance()})  # type: ignore[arg-type]
     requests = [r for r in kapture_emulator.requests if r.path == ADD_UPDATE_PATH]
-    assert requests[0].status == 401 and len(requests) <= 2  # the queued ones were cancelled, not sent
+    assert [r.status for r in requests] == [401]  # the queued orders were dropped, not sent
