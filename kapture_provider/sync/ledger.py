@@ -223,6 +223,9 @@ class Ledger:
                 failed.append((o.order_id, o.status, body, o.body_hash, o.version, o.error, now, now))
         p, t = self._p, self.table
         cur = self.conn.cursor()
+        explicit = _is_sqlite(self.conn) and len(delivered) + len(failed) > 1
+        if explicit:  # SQLite runs in autocommit mode: a lone statement commits itself
+            cur.execute("BEGIN")
         if delivered:
             cur.executemany(
                 f"INSERT INTO {t} (order_id, status, body_hash, version, attempts, first_seen_at, last_attempt_at, "
@@ -243,6 +246,8 @@ class Ledger:
                 f"attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at",
                 failed,
             )
+        if explicit:
+            cur.execute("COMMIT")
         cur.close()
         self.conn.commit()
 
@@ -279,18 +284,28 @@ class Ledger:
 
 
 def _connect(hook: DbApiHook) -> Any:
-    """A connection from ``hook``; SQLite's is reopened so that other threads may use it, and switched to WAL."""
+    """A connection from ``hook``, set up for the sending threads to record each result as it comes.
+
+    Commits must be quick, since each thread records its result before it sends the next request.
+    PostgreSQL: ``synchronous_commit`` off for this session (a server crash may forget the last
+    fraction of a second of commits, whose orders are then sent again; nothing is corrupted). SQLite:
+    reopened so that other threads may use it, in WAL mode without an fsync per commit (an OS crash
+    may likewise undo the last commits), and in autocommit mode so that a lone result is one statement.
+    """
     conn = hook.get_conn()
+    if type(conn).__module__.startswith("psycopg"):
+        cur = conn.cursor()
+        cur.execute("SET synchronous_commit TO OFF")
+        cur.close()
+        conn.commit()
     if not _is_sqlite(conn):
         return conn
     path = conn.execute("PRAGMA database_list").fetchone()[2]
     conn.close()
     if not path:
         raise ValueError("the ledger needs a SQLite database file: an in-memory database is gone after the task")
-    conn = sqlite3.connect(path, check_same_thread=False)  # used by one thread at a time: the ledger's lock
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # one thread at a time: the lock
     conn.execute("PRAGMA journal_mode=WAL")
-    # no fsync per commit (WAL stays consistent; an OS crash may undo the last commits, whose orders are
-    # then sent again): an fsync would hold up every sending thread as it records its result
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
