@@ -1,9 +1,10 @@
 """Where the client's CPU time goes: cProfile on every thread of a sync, timed in per-thread CPU time.
 
 cProfile profiles only the thread that enables it, and its default clock is wall time, which a thread
-waiting for the GIL keeps running. So the main thread gets one profiler and each worker thread its own
-(around ``OrderSync._send``, i.e. the whole HTTP exchange), all timed with ``time.thread_time``; the
-merged statistics attribute CPU time, inflated evenly by the profiler's own overhead.
+waiting for the GIL keeps running. So the main thread gets one profiler and each sending thread its own
+(around ``OrderSync._send_queued``, the thread's whole life: HTTP exchanges and ledger records), all
+timed with ``time.thread_time``; the merged statistics attribute CPU time, inflated evenly by the
+profiler's own overhead.
 """
 
 from __future__ import annotations
@@ -22,43 +23,41 @@ from kapture_provider.sync.engine import OrderSync
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 #: (category, test on "filename:function") — the first match wins.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
-    ("requests (sessions, models, adapters, utils)", ("/requests/",)),
-    ("urllib3 (connection pool, response)", ("/urllib3/",)),
     ("http.client + email header parsing (stdlib)", ("/http/client.py", "/email/")),
     ("socket send/recv/poll (syscalls)", ("_socket.socket", "select.poll", "socket.py")),
     ("SQLite calls (warehouse read + ledger)", ("sqlite3",)),
     ("payload mapping + JSON encoding", ("kapture_provider/payload.py", "/json/", "json.")),
     ("sha256 hashing", ("_hashlib", "sha256")),
     ("sync engine + ledger (Python)", ("kapture_provider/sync/",)),
-    ("KaptureHook + throttle (Python)", ("kapture_provider/hooks/",)),
-    ("threads, futures, locks, queues", ("threading.py", "concurrent/futures", "queue.py", "lock", "acquire")),
+    ("KaptureHook, throttle, connection pool (Python)", ("kapture_provider/hooks/",)),
+    ("threads, locks, queues", ("threading.py", "queue.py", "lock", "acquire")),
     ("typing/abc isinstance checks", ("typing.py", "abc", "isinstance")),
-    ("urllib.parse, http.cookiejar", ("urllib/parse.py", "cookiejar")),
 ]
 
 
 class ThreadProfiler:
-    """Profiles the main thread, and each worker thread while it sends an order."""
+    """Profiles the main thread, and each sending thread for its whole life."""
 
     def __init__(self) -> None:
         self._profiles: list[cProfile.Profile] = []
-        self._local = threading.local()
         self._lock = threading.Lock()
         self._main = cProfile.Profile(time.thread_time)
         self._patch: Any = None
 
     def __enter__(self) -> ThreadProfiler:
-        original = OrderSync._send
+        original = OrderSync._send_queued
 
-        def profiled_send(engine: OrderSync, item: Any) -> Any:
-            profile = self._thread_profile()
+        def profiled_sending_thread(engine: OrderSync) -> None:
+            profile = cProfile.Profile(time.thread_time)
+            with self._lock:
+                self._profiles.append(profile)
             profile.enable()
             try:
-                return original(engine, item)
+                original(engine)
             finally:
                 profile.disable()
 
-        self._patch = mock.patch.object(OrderSync, "_send", profiled_send)
+        self._patch = mock.patch.object(OrderSync, "_send_queued", profiled_sending_thread)
         self._patch.start()
         self._main.enable()
         return self
@@ -68,14 +67,6 @@ class ThreadProfiler:
     ) -> None:
         self._main.disable()
         self._patch.stop()
-
-    def _thread_profile(self) -> cProfile.Profile:
-        profile: cProfile.Profile | None = getattr(self._local, "profile", None)
-        if profile is None:
-            profile = self._local.profile = cProfile.Profile(time.thread_time)
-            with self._lock:
-                self._profiles.append(profile)
-        return profile
 
     def report(self, top: int = 15) -> dict[str, Any]:
         """Top functions by own and by cumulative CPU time, and the share of each category."""

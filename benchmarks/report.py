@@ -171,7 +171,7 @@ def _cpu(s: Any, cpu: dict[str, Any]) -> list[str]:
         "## 3. Client cost at zero latency",
         "",
         "Everything included: SQLite read, mapping and validation, JSON encoding, hashing, ledger lookups and "
-        "writes, HTTP through requests, threads.",
+        "writes, HTTP through http.client, threads.",
         "",
         "| configuration | orders/run | CPU ms/order median (min–max) | user ms | system ms | orders/s | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
@@ -187,8 +187,9 @@ def _cpu(s: Any, cpu: dict[str, Any]) -> list[str]:
         f"### Where the CPU time goes (cProfile, {cpu['profile_orders']} orders, max_concurrency="
         f"{cpu['profile_concurrency']})",
         "",
-        f"Per-thread CPU clocks (`time.thread_time`) on the main thread and the {p['threads'] - 1} worker threads "
-        "(inside `OrderSync._send`); shares of the profiled CPU time, which the profiler inflates.",
+        f"Per-thread CPU clocks (`time.thread_time`) on the main thread and the {p['threads'] - 1} sending threads "
+        "(their whole life: requests and ledger records); shares of the profiled CPU time, which the profiler "
+        "inflates.",
         "",
         "| category | share |",
         "|---|---|",

@@ -106,7 +106,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class KaptureHook(BaseHook):
-    """Talks to Kapture CRM's order API through one pooled, thread-safe HTTP session.
+    """Talks to Kapture CRM's order API through pooled keep-alive connections, safe to share between threads.
 
     Connection: Host = base URL (``https://acme.kapturecrm.com``) or bare subdomain (``acme``);
     Login/Password = Kapture user name and password (empty Login: Password is a ready-made Basic token).

@@ -25,7 +25,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
 
     Columns map to the order body by name (see :mod:`kapture_provider.payload`); ``_``-prefixed
     columns are control columns and are never sent. Rows stream in chunks (a server-side cursor
-    where the driver has one) and are pushed while reading, through one shared keep-alive session.
+    where the driver has one) and are pushed while reading, over pooled keep-alive connections.
 
     :param sql: the query (templated; a ``.sql`` file works). Named parameters may be written
         ``:name`` or ``%(name)s`` on any driver; they are bound by the driver, never formatted in.
