@@ -49,7 +49,7 @@ FULL = Settings(
     noop_repeats=5,
 )  # fmt: skip
 QUICK = Settings(
-    mode="quick", runs=3, sequential_orders=40, sync_orders=480, adaptive_orders=500, fixed_orders=300,
+    mode="quick", runs=3, sequential_orders=40, sync_orders=1500, adaptive_orders=500, fixed_orders=300,
     cpu_orders=1000, profile_orders=300, dry_sizes=(20_000, 200_000), real_sizes=(1_000, 10_000),
     noop_repeats=3,
 )  # fmt: skip

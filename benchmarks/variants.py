@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
+import airflow.sdk.execution_time.supervisor  # noqa: F401 - loaded in every Airflow worker before a task runs
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 from kapture_erp_orders import CHANGED_ORDERS_SQL
