@@ -1,12 +1,14 @@
 """Typed errors raised when talking to Kapture.
 
 Every error text is safe to log: it names the order id and the HTTP status, carries at most a short,
-scrubbed excerpt of what Kapture answered, and never the credentials or the order body.
+scrubbed excerpt of what Kapture answered (the order's own personal values, emails and phone-like
+numbers blanked), and never the credentials or the order body.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+")
 _LONG_NUMBER = re.compile(r"\+?\d[\d\s-]{6,}\d")
@@ -14,9 +16,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 EXCERPT_LENGTH = 160
 
 
-def scrub(text: str, limit: int = EXCERPT_LENGTH) -> str:
-    """Shorten a server-supplied text and blank what looks like an email address or a phone number."""
+def scrub(text: str, limit: int = EXCERPT_LENGTH, personal: Iterable[str] = ()) -> str:
+    """Shorten a server-supplied text; blank the ``personal`` values it quotes (a customer's name that
+    Kapture echoes back, say) and whatever looks like an email address or a phone number."""
     text = _CONTROL.sub(" ", text)
+    values = sorted({v.strip() for v in personal if len(v.strip()) >= 3}, key=len, reverse=True)
+    if values:
+        text = re.sub("|".join(map(re.escape, values)), "<personal data>", text, flags=re.IGNORECASE)
     text = _EMAIL.sub("<email>", text)
     text = _LONG_NUMBER.sub("<number>", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

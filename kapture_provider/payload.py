@@ -93,6 +93,21 @@ class PreparedOrder:
     body_hash: str
 
 
+def personal_values(body: Any) -> list[str]:
+    """The texts of every personal field (:data:`PERSONAL_FIELDS`) in an order body, at any depth."""
+    found: list[str] = []
+    if isinstance(body, Mapping):
+        for key, item in body.items():
+            if key in PERSONAL_FIELDS and isinstance(item, str | int) and str(item).strip():
+                found.append(str(item))
+            else:
+                found.extend(personal_values(item))
+    elif isinstance(body, list | tuple):
+        for item in body:
+            found.extend(personal_values(item))
+    return found
+
+
 def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
     """Render one value the way Kapture expects it.
 

@@ -29,7 +29,7 @@ from kapture_provider.exceptions import (
 )
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, ConnectionPool, TransportError
-from kapture_provider.payload import prepare_order
+from kapture_provider.payload import personal_values, prepare_order
 
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"
 #: Kapture's read-only order search; ``test_connection`` uses it so the Test button never writes.
@@ -251,7 +251,7 @@ class KaptureHook(BaseHook):
             self.throttle.observe(None, time.monotonic() - sent_at)
             raise _Retry(KaptureTransientError(f"{_prefix(order_id)}{err}", order_id=order_id), None) from None
         self.throttle.observe(answer.status, time.monotonic() - sent_at)
-        return _classify(answer, order_id)
+        return _classify(answer, order_id, data)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -268,10 +268,12 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
-def _classify(answer: Answer, order_id: str | None) -> dict[str, Any]:
-    """Turn one HTTP answer into the parsed body, or raise the error class it belongs to."""
+def _classify(answer: Answer, order_id: str | None, sent: bytes) -> dict[str, Any]:
+    """Turn one HTTP answer into the parsed body, or raise the error class it belongs to.
+
+    Texts quoted from an error answer are scrubbed of the personal values of the body ``sent``.
+    """
     code = answer.status
-    prefix = _prefix(order_id)
     body: Any = None
     try:
         body = json.loads(answer.body)
@@ -279,7 +281,11 @@ def _classify(answer: Answer, order_id: str | None) -> dict[str, Any]:
         pass
     fields = {str(k).lower(): v for k, v in body.items()} if isinstance(body, dict) else {}
     status = str(fields.get("status", "")).lower()
-    message = scrub(str(fields.get("message") or ""))
+    if 200 <= code < 300 and status == "success":
+        return body  # type: ignore[no-any-return]
+    prefix = _prefix(order_id)
+    personal = _personal_texts(sent)
+    message = scrub(str(fields.get("message") or ""), personal=personal)
     if code in (401, 403) or (status == "failed" and any(w in message.lower() for w in _AUTH_WORDS)):
         raise KaptureAuthError(
             f"{prefix}Kapture refused the credentials (HTTP {code}): {message or 'no message'}",
@@ -287,7 +293,7 @@ def _classify(answer: Answer, order_id: str | None) -> dict[str, Any]:
             status_code=code,
         )
     if code in _RETRYABLE_STATUS or (200 <= code < 300 and body is None):
-        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body)}")
+        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body, personal)}")
         error = KaptureTransientError(f"{prefix}{what}", order_id=order_id, status_code=code)
         raise _Retry(error, parse_retry_after(answer.retry_after))
     if 300 <= code < 400:
@@ -298,26 +304,31 @@ def _classify(answer: Answer, order_id: str | None) -> dict[str, Any]:
             status_code=code,
         )
     if not 200 <= code < 300 or status == "failed":
-        detail = message or (f"body {_excerpt(answer.body)}" if body is None else "no message")
+        detail = message or (f"body {_excerpt(answer.body, personal)}" if body is None else "no message")
         raise KaptureRejectedError(
             f"{prefix}Kapture refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
         )
-    if status != "success":
-        raise KaptureResponseError(
-            f"{prefix}HTTP {code} without a success status: {_excerpt(answer.body)}",
-            order_id=order_id,
-            status_code=code,
-        )
-    return body  # type: ignore[no-any-return]
+    raise KaptureResponseError(
+        f"{prefix}HTTP {code} without a success status: {_excerpt(answer.body, personal)}",
+        order_id=order_id,
+        status_code=code,
+    )
+
+
+def _personal_texts(sent: bytes) -> list[str]:
+    try:
+        return personal_values(json.loads(sent))
+    except ValueError:
+        return []
 
 
 def _prefix(order_id: str | None) -> str:
     return f"order {order_id}: " if order_id else ""
 
 
-def _excerpt(body: bytes) -> str:
+def _excerpt(body: bytes, personal: list[str]) -> str:
     text = body[:400].decode("utf-8", errors="replace")
-    return repr(scrub(text, 80)) if text.strip() else "empty"
+    return repr(scrub(text, 80, personal)) if text.strip() else "empty"
 
 
 def _host_with_port(host: str | None, port: int | None) -> str:

@@ -12,7 +12,7 @@ from airflow.sdk.log import mask_secret
 
 from kapture_provider.exceptions import KaptureAuthError, KaptureError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import PERSONAL_FIELDS, InvalidOrder, prepare_order
+from kapture_provider.payload import InvalidOrder, personal_values, prepare_order
 
 
 class UpdateOrderOperator(BaseOperator):
@@ -148,12 +148,5 @@ def _order_id_of(body: Any) -> str | None:
 
 def _mask_personal_values(value: Any) -> None:
     """Register every personal field's value with Airflow's secret masker."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if key in PERSONAL_FIELDS and isinstance(item, str | int) and str(item).strip():
-                mask_secret(str(item))
-            else:
-                _mask_personal_values(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _mask_personal_values(item)
+    for text in personal_values(value):
+        mask_secret(text)
