@@ -140,6 +140,7 @@ class KaptureHook(BaseHook):
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
+        self._pool: ConnectionPool | None = None
 
     @cached_property
     def settings(self) -> KaptureSettings:
@@ -164,23 +165,27 @@ class KaptureHook(BaseHook):
         )
         return KaptureSettings(base_url, basic_authorization(conn.login, conn.password), **values)
 
-    @cached_property
+    @property
     def pool(self) -> ConnectionPool:
         """Keep-alive connections for concurrent use, TLS verification on, never through a proxy."""
-        settings = self.settings
-        headers = {
-            "Authorization": settings.authorization,
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "airflow-provider-kapture",
-        }
-        return ConnectionPool(
-            settings.base_url,
-            headers=headers,
-            size=settings.pool_size,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.timeout,
-        )
+        if self._pool is None:
+            with self._lock:  # the sending threads of a sync all ask for it at once
+                if self._pool is None:
+                    settings = self.settings
+                    headers = {
+                        "Authorization": settings.authorization,
+                        "Content-Type": "application/json",
+                        "Accept": "application/json",
+                        "User-Agent": "airflow-provider-kapture",
+                    }
+                    self._pool = ConnectionPool(
+                        settings.base_url,
+                        headers=headers,
+                        size=settings.pool_size,
+                        connect_timeout=settings.connect_timeout,
+                        read_timeout=settings.timeout,
+                    )
+        return self._pool
 
     def check_settings(self) -> None:
         """Read the connection now: one that cannot work (no Host or password, plain http to a remote
@@ -255,8 +260,8 @@ class KaptureHook(BaseHook):
 
     def close(self) -> None:
         """Close the pooled connections."""
-        if "pool" in self.__dict__:
-            self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 class _Retry(Exception):

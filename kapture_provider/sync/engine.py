@@ -309,12 +309,14 @@ class OrderSync:
                     with self._lock:
                         self._hold(item)
                     continue
-                outcome = self._send(item)
+                outcome, refusal = self._send(item)
                 if self.ledger is not None and self._ledger_ready:
                     self.ledger.record([outcome], _utc_now())
                 with self._lock:
                     self._count(outcome)
                     self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
+                if refusal is not None:
+                    raise refusal
             except BaseException as err:
                 self._fail(err if isinstance(err, KaptureAuthError) else _unexpected(order_id, err))
             finally:
@@ -329,23 +331,17 @@ class OrderSync:
             if self._failure is None:
                 self._failure = failure
 
-    def _send(self, item: _Send) -> Outcome:
-        """Send one order; a refusal of the credentials is recorded, then raised."""
+    def _send(self, item: _Send) -> tuple[Outcome, KaptureAuthError | None]:
+        """Send one order: its outcome, and Kapture's refusal of the credentials if that was the answer."""
         order = item.order
         try:
             self.hook.post_order(order.data, order_id=order.order_id)
-        except KaptureAuthError as err:
-            failed = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, err.message)
-            if self.ledger is not None and self._ledger_ready:
-                self.ledger.record([failed], _utc_now())
-            with self._lock:
-                self._count(failed)
-            raise
         except KaptureError as err:
-            return Outcome(
+            failed = Outcome(
                 order.order_id, FAILED, order.body_hash, item.version, order.data, err.message, err.retryable
             )
-        return Outcome(order.order_id, DELIVERED, order.body_hash, item.version)
+            return failed, err if isinstance(err, KaptureAuthError) else None
+        return Outcome(order.order_id, DELIVERED, order.body_hash, item.version), None
 
     def _hold(self, item: _Send) -> None:
         """Record an order as failed and pending without sending it, Kapture being down (lock held)."""
