@@ -101,8 +101,7 @@ class ConnectionPool:
             if not _dropped(connection):
                 return connection
             connection.close()  # the server closed it while idle
-        connection = self._connect()
-        return connection
+        return self._connect()
 
     def _connect(self) -> http.client.HTTPConnection:
         connection: http.client.HTTPConnection

@@ -223,32 +223,37 @@ class Ledger:
                 failed.append((o.order_id, o.status, body, o.body_hash, o.version, o.error, now, now))
         p, t = self._p, self.table
         cur = self.conn.cursor()
-        explicit = _is_sqlite(self.conn) and len(delivered) + len(failed) > 1
-        if explicit:  # SQLite runs in autocommit mode: a lone statement commits itself
-            cur.execute("BEGIN")
-        if delivered:
-            cur.executemany(
-                f"INSERT INTO {t} (order_id, status, body_hash, version, attempts, first_seen_at, last_attempt_at, "
-                f"delivered_at) VALUES ({p}, {p}, {p}, {p}, 1, {p}, {p}, {p}) "
-                "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, body_hash = excluded.body_hash, "
-                "version = excluded.version, pending_body = NULL, pending_hash = NULL, pending_version = NULL, "
-                f"last_error = NULL, attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at, "
-                "delivered_at = excluded.delivered_at",
-                delivered,
-            )
-        if failed:
-            cur.executemany(
-                f"INSERT INTO {t} (order_id, status, pending_body, pending_hash, pending_version, last_error, "
-                f"attempts, first_seen_at, last_attempt_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, 1, {p}, {p}) "
-                "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, "
-                "pending_body = excluded.pending_body, pending_hash = excluded.pending_hash, "
-                "pending_version = excluded.pending_version, last_error = excluded.last_error, "
-                f"attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at",
-                failed,
-            )
-        if explicit:
-            cur.execute("COMMIT")
-        cur.close()
+        try:
+            explicit = _is_sqlite(self.conn) and len(delivered) + len(failed) > 1
+            if explicit:  # SQLite runs in autocommit mode: a lone statement commits itself
+                cur.execute("BEGIN")
+            if delivered:
+                cur.executemany(
+                    f"INSERT INTO {t} (order_id, status, body_hash, version, attempts, first_seen_at, last_attempt_at, "
+                    f"delivered_at) VALUES ({p}, {p}, {p}, {p}, 1, {p}, {p}, {p}) "
+                    "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, body_hash = excluded.body_hash, "
+                    "version = excluded.version, pending_body = NULL, pending_hash = NULL, pending_version = NULL, "
+                    f"last_error = NULL, attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at, "
+                    "delivered_at = excluded.delivered_at",
+                    delivered,
+                )
+            if failed:
+                cur.executemany(
+                    f"INSERT INTO {t} (order_id, status, pending_body, pending_hash, pending_version, last_error, "
+                    f"attempts, first_seen_at, last_attempt_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, 1, {p}, {p}) "
+                    "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, "
+                    "pending_body = excluded.pending_body, pending_hash = excluded.pending_hash, "
+                    "pending_version = excluded.pending_version, last_error = excluded.last_error, "
+                    f"attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at",
+                    failed,
+                )
+            if explicit:
+                cur.execute("COMMIT")
+        except BaseException:
+            self.conn.rollback()  # leave no transaction open on the shared connection
+            raise
+        finally:
+            cur.close()
         self.conn.commit()
 
     def pending(self, attempted_before: str, batch_size: int = 1000) -> Iterator[PendingOrder]:

@@ -660,6 +660,43 @@ def test_json_without_status_is_response_error(
     assert_error_text_is_safe(caught.value, *default_secrets(kapture_emulator))
 
 
+class _ClosingHandler(BaseHTTPRequestHandler):
+    """Answers with success and keep-alive, then closes the connection anyway (as an idle timeout would)."""
+
+    protocol_version = "HTTP/1.1"
+    answer = b'{"status": "success", "message": "Order Updated successfully !"}'
+    connections: list[int] = []
+
+    def do_POST(self) -> None:
+        self.connections.append(self.client_address[1])  # the client's port: one per connection
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+        self.close_connection = True  # no "Connection: close" header: the client finds out later
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_idle_connection_closed_by_the_server_is_not_reused(kapture_emulator: KaptureEmulator, make_hook) -> None:
+    handler = type("Handler", (_ClosingHandler,), {"connections": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        hook = make_hook(host=f"http://127.0.0.1:{server.server_port}", max_retries=0)  # a failed reuse would fail
+        for _ in range(3):
+            hook.update_order(SAMPLE_ORDER)
+            time.sleep(0.05)  # let the server's close arrive
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hook.requests_sent == 3
+    assert len(set(handler.connections)) == 3  # each order on a fresh connection, none lost to a dead one
+
+
 def test_invalid_order_is_not_sent(kapture_emulator: KaptureEmulator, make_hook) -> None:
     from kapture_provider.payload import InvalidOrder
 
