@@ -255,8 +255,7 @@ class OrderSync:
             self._note_invalid(row_number, order_id, reason)
             if order_id is not None:
                 invalid.append(Outcome(order_id, INVALID, error=reason))
-        if invalid and not self.dry_run and self.ledger is not None and self._ledger_ready:
-            self.ledger.record(invalid, _utc_now())
+        self._record(invalid)
 
     def _retry_pending(self) -> None:
         if not self._ledger_ready or self.ledger is None or self.kapture_down:
@@ -281,9 +280,6 @@ class OrderSync:
             while item.order.order_id in self._outstanding and self._failure is None:
                 self._changed.wait()  # never two requests for one order at once
             self._raise_failure()
-            if self.kapture_down:  # no request: recorded as failed, its body pending
-                self._hold(item)
-                return
             self._outstanding.add(item.order.order_id)
         self._queue.put(item)
 
@@ -305,13 +301,12 @@ class OrderSync:
             try:
                 if self._stopping:
                     continue  # never sent: the run failed (its rows are read again by the next run)
-                if self.kapture_down:
+                if self.kapture_down:  # no request: recorded as failed, its body pending
                     with self._lock:
                         self._hold(item)
                     continue
                 outcome, refusal = self._send(item)
-                if self.ledger is not None and self._ledger_ready:
-                    self.ledger.record([outcome], _utc_now())
+                self._record([outcome])
                 with self._lock:
                     self._count(outcome)
                     self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
@@ -354,9 +349,13 @@ class OrderSync:
             self._flush_not_sent()
 
     def _flush_not_sent(self) -> None:
-        if self._not_sent and self.ledger is not None and self._ledger_ready:
-            self.ledger.record(self._not_sent, _utc_now())
+        self._record(self._not_sent)
         self._not_sent = []
+
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        """Commit outcomes to the ledger, unless there is none to write to (no ledger, or a dry run)."""
+        if outcomes and not self.dry_run and self.ledger is not None and self._ledger_ready:
+            self.ledger.record(outcomes, _utc_now())
 
     def _count(self, outcome: Outcome) -> None:
         if outcome.status == DELIVERED:

@@ -25,6 +25,8 @@ from typing import Any, TypeVar, cast
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
+from kapture_provider.sync.source import driver_name
+
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOOKUP_BATCH = 500
@@ -298,7 +300,7 @@ def _connect(hook: DbApiHook) -> Any:
     may likewise undo the last commits), and in autocommit mode so that a lone result is one statement.
     """
     conn = hook.get_conn()
-    if type(conn).__module__.startswith("psycopg"):
+    if driver_name(conn) in ("psycopg", "psycopg2"):
         cur = conn.cursor()
         cur.execute("SET synchronous_commit TO OFF")
         cur.close()
@@ -317,4 +319,4 @@ def _connect(hook: DbApiHook) -> Any:
 
 
 def _is_sqlite(conn: Any) -> bool:
-    return type(conn).__module__.startswith("sqlite3")
+    return driver_name(conn) == "sqlite3"

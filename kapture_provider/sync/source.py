@@ -13,10 +13,14 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 Parameters = Mapping[str, Any] | Sequence[Any] | None
 
 
+def driver_name(conn: Any) -> str:
+    """The DB-API module behind a connection: ``sqlite3``, ``psycopg``, ``psycopg2``…"""
+    return type(conn).__module__.split(".")[0]
+
+
 def driver_paramstyle(conn: Any) -> str:
     """The DB-API ``paramstyle`` of the module behind a connection (``qmark``, ``pyformat``…)."""
-    module = sys.modules.get(type(conn).__module__.split(".")[0])
-    return getattr(module, "paramstyle", "qmark")
+    return getattr(sys.modules.get(driver_name(conn)), "paramstyle", "qmark")
 
 
 def adapt_named_placeholders(sql: str, parameters: Parameters, paramstyle: str) -> str:
@@ -112,7 +116,7 @@ def stream_rows(
     except TypeError:  # no server-side cursors (sqlite3 streams anyway)
         cur = conn.cursor()
     try:
-        if type(conn).__module__.startswith("sqlite3"):
+        if driver_name(conn) == "sqlite3":
             query, parameters = _sqlite_snapshot(conn, query, parameters), None
         _execute(cur, query, parameters)
         columns = [d[0] for d in cur.description]
