@@ -110,7 +110,7 @@ class EmulatorProcess:
     def peak_rss_mb(self) -> float:
         """The emulator process's own peak RSS (VmHWM)."""
         assert self._process is not None
-        return _status_kb(Path(f"/proc/{self._process.pid}/status"), "VmHWM") / 1024
+        return status_kb("VmHWM", self._process.pid) / 1024
 
 
 def _realtime_policy(priority: int = 10) -> None:
@@ -121,8 +121,9 @@ def _realtime_policy(priority: int = 10) -> None:
         pass
 
 
-def _status_kb(path: Path, field: str) -> float:
-    for line in path.read_text().splitlines():
+def status_kb(field: str, pid: int | str = "self") -> float:
+    """A kB field (``VmRSS``, ``VmHWM``…) of ``/proc/<pid>/status``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return float(line.split()[1])
     return 0.0

@@ -26,7 +26,7 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from kapture_erp_orders import CHANGED_ORDERS_SQL
 
-from benchmarks.fixtures import DAY_END, DAY_START, EMULATOR_PASSWORD, EMULATOR_USER
+from benchmarks.fixtures import DAY_END, DAY_START, EMULATOR_PASSWORD, EMULATOR_USER, status_kb
 from kapture_provider.hooks.kapture import ORDER_PATH, KaptureHook
 from kapture_provider.sync.ledger import Ledger
 from kapture_provider.transfers import sql_to_kapture
@@ -63,7 +63,7 @@ def measure(task: Task) -> dict[str, Any]:
     _set_connections(task)
     if task.realtime:
         realtime()
-    rss_at_start_kb = _status_kb("VmRSS")
+    rss_at_start_kb = status_kb("VmRSS")
     epoch, wall, cpu = time.time(), time.perf_counter(), time.process_time()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     if task.profile:
@@ -246,14 +246,6 @@ def _set_connections(task: Task) -> None:
             {"conn_type": "http", "host": host, "port": int(port), "schema": "http",
              "login": EMULATOR_USER, "password": EMULATOR_PASSWORD}
         )  # fmt: skip
-
-
-def _status_kb(field_name: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    return 0.0
 
 
 VARIANTS: dict[str, Callable[[Task], dict[str, Any]]] = {
