@@ -6,10 +6,10 @@ is on ``sys.path`` when Airflow parses DAG files and runs tasks).
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from kapture_provider.compat import make_asset
 
 #: Downstream DAGs can be scheduled on this: it is updated whenever the sync delivered orders.
-KAPTURE_ORDERS = Asset(name="kapture_orders", uri="kapture://orders")
+KAPTURE_ORDERS = make_asset(name="kapture_orders", uri="kapture://orders")
 
 CHANGED_ORDERS_SQL = """
 SELECT order_id,

@@ -15,10 +15,7 @@ from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow.sdk import BaseHook
-from airflow.sdk.exceptions import AirflowFailException
-from airflow.sdk.log import mask_secret
-
+from kapture_provider.compat import AirflowFailException, BaseHook, mask_secret
 from kapture_provider.exceptions import (
     KaptureAuthError,
     KaptureError,
@@ -27,6 +24,7 @@ from kapture_provider.exceptions import (
     KaptureTransientError,
     scrub,
 )
+from kapture_provider.hooks import connection_form
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, ConnectionPool, TransportError
 from kapture_provider.payload import personal_values, prepare_order
@@ -121,8 +119,18 @@ class KaptureHook(BaseHook):
 
     conn_name_attr = "kapture_conn_id"
     default_conn_name = "kapture_default"
-    conn_type = "kapture"
-    hook_name = "Kapture CRM"
+    conn_type = connection_form.CONN_TYPE
+    hook_name = connection_form.HOOK_NAME
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form's standard fields (Airflow before 3.2; later ones read the provider info)."""
+        return connection_form.ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The connection form's extras (Airflow before 3.2; later ones read the provider info)."""
+        return connection_form.form_widgets()
 
     def __init__(
         self,

@@ -6,10 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from airflow.sdk.log import mask_secret
-
+from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
 from kapture_provider.exceptions import KaptureAuthError, KaptureError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import InvalidOrder, personal_values, prepare_order

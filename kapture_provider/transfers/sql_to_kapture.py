@@ -6,9 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import BaseHook, BaseOperator, Context
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from kapture_provider.compat import AirflowException, AirflowFailException, BaseHook, BaseOperator, Context
 from kapture_provider.exceptions import KaptureAuthError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, MappingError

@@ -234,7 +234,7 @@ def test_connection_from_env_var_is_found_outside_a_task(kapture_emulator: Kaptu
 
 
 def test_unknown_connection_id_is_reported() -> None:
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from kapture_provider.compat import AirflowNotFoundException
 
     with pytest.raises(AirflowNotFoundException, match="kapture_no_such_conn"):
         _ = KaptureHook(kapture_conn_id="kapture_no_such_conn").settings

@@ -66,8 +66,7 @@ def conn(
 
 
 def make_dag(**operator_kwargs: Any) -> Any:
-    from airflow.sdk import DAG
-
+    from kapture_provider.compat import DAG
     from kapture_provider.operators.update_order import UpdateOrderOperator
 
     with DAG(
@@ -278,7 +277,7 @@ def test_execute_returns_summary_using_default_connection(kapture_fast_conn: Kap
 def test_execute_failure_text_and_pushed_summary(
     kapture_emulator: KaptureEmulator, conn, secrets: dict[str, str]
 ) -> None:
-    from airflow.sdk.exceptions import AirflowException
+    from kapture_provider.compat import AirflowException
 
     conn()
     kapture_emulator.script_for_order("ORD-1", *[Fault.HTTP_503] * 5)
@@ -304,7 +303,7 @@ def test_execute_failure_text_and_pushed_summary(
 def test_execute_auth_failure_is_not_retryable(
     kapture_emulator: KaptureEmulator, conn, secrets: dict[str, str]
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from kapture_provider.compat import AirflowFailException
 
     wrong = f"wrong-{uuid.uuid4().hex}"
     conn(password=wrong)
@@ -331,7 +330,7 @@ def test_execute_reports_non_finite_number_invalid(kapture_emulator: KaptureEmul
 
 
 def test_unusable_connection_fails_for_good_before_anything_is_sent(kapture_conn_env) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from kapture_provider.compat import AirflowFailException
 
     kapture_conn_env(CONN_ID, host="http://kapture.example.com", login="user", password="s3cret-pass")
     operator = make_operator(orders=order(0))

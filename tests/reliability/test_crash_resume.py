@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException
 from reliability_kit import (
     EXAMPLE_DAG_FILE,
     EXAMPLE_DAG_ID,
@@ -47,6 +46,7 @@ from reliability_kit import (
     subprocess_env,
 )
 
+from kapture_provider.compat import AirflowException
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator

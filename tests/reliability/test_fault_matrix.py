@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from reliability_kit import (
     EXAMPLE_TASK_ID,
     FAST_BACKOFF,
@@ -48,6 +47,7 @@ from reliability_kit import (
     stores_per_order,
 )
 
+from kapture_provider.compat import AirflowException, AirflowFailException
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 

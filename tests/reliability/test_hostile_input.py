@@ -475,9 +475,9 @@ HOSTILE_PARAMETERS = ("'; DROP TABLE erp_orders; --", "x' OR '1'='1'; DELETE FRO
 def test_templated_parameters_stay_bound_through_a_dag_run(
     sqlite_warehouse: Any, kapture_conn: KaptureEmulator, run_dag_at: Any
 ) -> None:
-    from airflow.sdk import DAG, CronDataIntervalTimetable, Param
     from reliability_kit import EXAMPLE_TASK_ID, load_example_dag
 
+    from kapture_provider.compat import DAG, CronDataIntervalTimetable, Param
     from kapture_provider.testing.warehouse import generate_orders
     from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 

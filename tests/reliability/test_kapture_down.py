@@ -25,7 +25,6 @@ import time
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from reliability_kit import (
     EXAMPLE_TASK_ID,
     FAST_BACKOFF,
@@ -42,6 +41,7 @@ from reliability_kit import (
     load_example_dag,
 )
 
+from kapture_provider.compat import AirflowException, AirflowFailException
 from kapture_provider.hooks.kapture import MAX_RETRY_AFTER, KaptureSettings
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import generate_orders

@@ -33,8 +33,6 @@ from typing import Any
 
 import pendulum
 import pytest
-from airflow.sdk import DAG, CronDataIntervalTimetable
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from reliability_kit import (
     EXAMPLE_TASK_ID,
     FAST_BACKOFF,
@@ -44,6 +42,7 @@ from reliability_kit import (
     load_example_dag,
 )
 
+from kapture_provider.compat import DAG, AirflowException, AirflowFailException, CronDataIntervalTimetable
 from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureTransientError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.operators.update_order import UpdateOrderOperator

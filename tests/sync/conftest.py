@@ -176,7 +176,7 @@ def warehouse(request: pytest.FixtureRequest) -> Warehouse:
 
 def load_dag_file(path: Path, dag_id: str | None = None) -> Any:
     """Import a DAG file afresh (a new module each time) and return its DAG (the only one, or ``dag_id``)."""
-    from airflow.sdk import DAG
+    from kapture_provider.compat import DAG
 
     module_name = f"kapture_test_dag_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(module_name, path)

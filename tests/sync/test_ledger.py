@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 import pytest
-from airflow.sdk import BaseHook
 
+from kapture_provider.compat import BaseHook
 from kapture_provider.sync.ledger import DELIVERED, FAILED, Ledger, Outcome
 
 NOW = "2026-11-27T10:00:00.000000Z"

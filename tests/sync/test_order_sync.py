@@ -15,9 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from airflow.sdk import DAG, CronDataIntervalTimetable
-from airflow.sdk.exceptions import AirflowFailException
 
+from kapture_provider.compat import DAG, AirflowFailException, CronDataIntervalTimetable
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import TIMESTAMP_FORMAT, generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator

@@ -765,7 +765,7 @@ def test_lifecycle_and_connection_values() -> None:
 
 
 def test_connection_values_parse_in_airflow(kapture_conn: KaptureEmulator) -> None:
-    from airflow.sdk import BaseHook, Connection
+    from kapture_provider.compat import BaseHook, Connection
 
     from_env = BaseHook.get_connection("kapture_default")
     from_uri = Connection.from_uri(kapture_conn.connection_uri(retries=3), conn_id="kapture_uri")

@@ -1,0 +1,121 @@
+"""The ``kapture`` connection form, defined once.
+
+Airflow 3.2 and later read the form from the provider info (``conn-fields`` and ``ui-field-behaviour``,
+see :func:`provider_connection_type`); Airflow 2.11 to 3.1 ask the hook (``get_ui_field_behaviour()`` and
+``get_connection_form_widgets()``, see :func:`ui_field_behaviour` and :func:`form_widgets`). Both are
+generated from :data:`EXTRA_FIELDS` and the standard-field settings below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+HOOK_CLASS = "kapture_provider.hooks.kapture.KaptureHook"
+CONN_TYPE = "kapture"
+HOOK_NAME = "Kapture CRM"
+HIDDEN_FIELDS = ["schema", "port", "extra"]
+RELABELING = {"host": "Kapture base URL or subdomain", "login": "User name", "password": "Password"}
+PLACEHOLDERS = {
+    "host": "acme  or  https://acme.kapturecrm.com",
+    "login": "Kapture user name (leave empty if Password is a ready-made token)",
+    "password": "Kapture password, or the Basic token when User name is empty",
+}
+
+
+@dataclass(frozen=True)
+class ExtraField:
+    """One connection extra shown in the form."""
+
+    name: str
+    label: str
+    description: str
+    kind: str  # "number", "integer", "boolean" or "string"
+    minimum: float | None = None
+    secret: bool = False  # shown masked, and masked in logs
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": [self.kind, "null"]}
+        if self.minimum is not None:
+            schema["minimum"] = self.minimum
+        if self.secret:
+            schema["format"] = "password"
+        return schema
+
+
+EXTRA_FIELDS: tuple[ExtraField, ...] = (
+    ExtraField(
+        "timeout", "Read timeout (seconds)", "How long to wait for Kapture's answer to one request. Default 30.",
+        "number", minimum=1,
+    ),
+    ExtraField(
+        "connect_timeout", "Connect timeout (seconds)", "How long to wait for a TCP/TLS connection. Default 10.",
+        "number", minimum=1,
+    ),
+    ExtraField(
+        "max_retries", "Max retries", "Retries of a transient failure (429, 5xx, timeouts, resets). Default 5.",
+        "integer", minimum=0,
+    ),
+    ExtraField(
+        "backoff_base", "Backoff base (seconds)",
+        "First retry waits up to this long, doubling each time (full jitter). Default 0.5.", "number", minimum=0,
+    ),
+    ExtraField(
+        "backoff_max", "Backoff cap (seconds)", "Longest wait between two retries. Default 30.", "number", minimum=0,
+    ),
+    ExtraField(
+        "pool_size", "Connection pool size", "Keep-alive connections kept open to Kapture. Default 32.",
+        "integer", minimum=1,
+    ),
+    ExtraField(
+        "allow_insecure_http", "Allow plain http:// to non-loopback hosts",
+        "Off by default: credentials would travel unencrypted.", "boolean",
+    ),
+)  # fmt: skip
+
+
+def conn_fields() -> dict[str, Any]:
+    """The extras as provider-info ``conn-fields`` (JSON schema per field)."""
+    return {f.name: {"label": f.label, "description": f.description, "schema": f.json_schema()} for f in EXTRA_FIELDS}
+
+
+def provider_connection_type() -> dict[str, Any]:
+    """The ``connection-types`` entry of the provider info (read by Airflow 3.2 and later)."""
+    return {
+        "connection-type": CONN_TYPE,
+        "hook-class-name": HOOK_CLASS,
+        "hook-name": HOOK_NAME,
+        "ui-field-behaviour": {
+            "hidden-fields": list(HIDDEN_FIELDS),
+            "relabeling": dict(RELABELING),
+            "placeholders": dict(PLACEHOLDERS),
+        },
+        "conn-fields": conn_fields(),
+    }
+
+
+def ui_field_behaviour() -> dict[str, Any]:
+    """The standard fields' behaviour as ``BaseHook.get_ui_field_behaviour()`` returns it (Airflow < 3.2)."""
+    return {"hidden_fields": list(HIDDEN_FIELDS), "relabeling": dict(RELABELING), "placeholders": dict(PLACEHOLDERS)}
+
+
+def form_widgets() -> dict[str, Any]:
+    """The extras as wtforms fields, as ``BaseHook.get_connection_form_widgets()`` returns them (Airflow < 3.2)."""
+    from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+    from wtforms import BooleanField, IntegerField, PasswordField, StringField
+    from wtforms.validators import NumberRange, Optional
+
+    widgets: dict[str, Any] = {}
+    for f in EXTRA_FIELDS:
+        validators = [Optional()] + ([NumberRange(min=f.minimum)] if f.minimum is not None else [])
+        if f.kind == "boolean":
+            widgets[f.name] = BooleanField(f.label, description=f.description)
+        elif f.secret:
+            widgets[f.name] = PasswordField(f.label, description=f.description, widget=BS3PasswordFieldWidget())
+        elif f.kind == "integer":
+            widgets[f.name] = IntegerField(
+                f.label, description=f.description, validators=validators, widget=BS3TextFieldWidget()
+            )
+        else:  # numbers are entered as text: wtforms has no float field Airflow's form accepts
+            widgets[f.name] = StringField(f.label, description=f.description, widget=BS3TextFieldWidget())
+    return widgets
