@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pendulum
+from airflow.providers.common.compat.sdk import DAG
 from kapture_erp_orders import CHANGED_ORDERS_SQL, INTERVAL_PARAMETERS, KAPTURE_ORDERS
 
-from kapture_provider.compat import DAG, CronDataIntervalTimetable
+from kapture_provider.compat import CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 with DAG(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pendulum
+from airflow.providers.common.compat.sdk import DAG, Param
 
-from kapture_provider.compat import DAG, Param
 from kapture_provider.operators.update_order import UpdateOrderOperator
 
 with DAG(
