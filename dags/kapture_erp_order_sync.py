@@ -16,7 +16,12 @@ import datetime as dt
 
 import pendulum
 from airflow.providers.common.compat.sdk import DAG
-from kapture_erp_orders import CHANGED_ORDERS_SQL, INTERVAL_PARAMETERS, KAPTURE_ORDERS
+from kapture_erp_orders import (
+    CHANGED_ORDERS_SQL,
+    KAPTURE_ORDERS,
+    WINDOW_PARAMETERS,
+    WINDOW_PARAMS,
+)
 
 from kapture_provider.compat import CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
@@ -28,6 +33,7 @@ with DAG(
     schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
+    params=WINDOW_PARAMS,
     max_active_runs=1,  # runs touching the same orders go one after the other, so the ledger decides
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2)},
     tags=["kapture", "sync"],
@@ -36,7 +42,7 @@ with DAG(
         task_id="sync_changed_orders",
         sql_conn_id="erp_warehouse",
         sql=CHANGED_ORDERS_SQL,
-        parameters=INTERVAL_PARAMETERS,
+        window_parameters=WINDOW_PARAMETERS,
         version_column="_version",
         max_concurrency=8,
         # up to 1% of a run's rows may be invalid or refused; each is listed in the summary and the

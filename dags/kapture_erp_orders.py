@@ -1,4 +1,4 @@
-"""What the hourly and the sharded sync DAGs share: the warehouse query, its interval parameters, the asset.
+"""What the hourly and the sharded sync DAGs share: the warehouse query, its window, params and assets.
 
 A module without a DAG, so that importing it from a DAG file registers nothing twice (the DAGs folder
 is on ``sys.path`` when Airflow parses DAG files and runs tasks).
@@ -6,9 +6,12 @@ is on ``sys.path`` when Airflow parses DAG files and runs tasks).
 
 from __future__ import annotations
 
+from airflow.providers.common.compat.sdk import Param
+
 from kapture_provider.compat import make_asset
 
-#: Downstream DAGs can be scheduled on this: it is updated whenever the sync delivered orders.
+#: The sync tasks' outlet: downstream DAGs can be scheduled on it. It gets an event (the run's counts in
+#: its extra) when a run delivered orders, and none when a run delivered nothing.
 KAPTURE_ORDERS = make_asset(name="kapture_orders", uri="kapture://orders")
 
 CHANGED_ORDERS_SQL = """
@@ -26,8 +29,13 @@ SELECT order_id,
 FROM erp_orders
 WHERE updated_at >= :start AND updated_at < :end
 """
-# Timestamps are compared in UTC as 'YYYY-MM-DD HH:MM:SS' text, which SQLite stores and PostgreSQL casts.
-INTERVAL_PARAMETERS = {
-    "start": "{{ data_interval_start.in_timezone('UTC').strftime('%Y-%m-%d %H:%M:%S') }}",
-    "end": "{{ data_interval_end.in_timezone('UTC').strftime('%Y-%m-%d %H:%M:%S') }}",
+#: The operator binds ``:start`` and ``:end`` to the run's window as UTC 'YYYY-MM-DD HH:MM:SS' text, which
+#: SQLite stores and other engines cast: the data interval, or the ``window_start``/``window_end`` params.
+WINDOW_PARAMETERS = ("start", "end")
+#: Trigger a run with both set to sync a chosen window (UTC unless the value says otherwise).
+WINDOW_PARAMS = {
+    "window_start": Param(
+        None, type=["null", "string"], format="date-time", description="Sync rows changed from (inclusive)"
+    ),
+    "window_end": Param(None, type=["null", "string"], format="date-time", description="…until (exclusive)"),
 }

@@ -180,8 +180,8 @@ class _XComRow:
 def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]:
     """Run a DAG with ``dag.test(logical_date=...)``, in-process, against the isolated metadata DB.
 
-    ``run(dag)`` or ``run(dag, logical_date)``; a run at the same logical date replaces the earlier one,
-    so an interval can be re-run.
+    ``run(dag)`` (a run without a logical date) or ``run(dag, logical_date)``, optionally with ``conf`` (the
+    run's params); a run at the same logical date replaces the earlier one, so an interval can be re-run.
 
     ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise looks for them in
     the dags folder and fails with "the dag is not serialized"), so the DAG is written there first, in
@@ -192,14 +192,14 @@ def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]
     from airflow.serialization.serialized_objects import LazyDeserializedDAG
     from airflow.utils.session import create_session
 
-    def run(dag: Any, logical_date: Any = None) -> DagTestResult:
+    def run(dag: Any, logical_date: Any = None, conf: dict[str, Any] | None = None) -> DagTestResult:
         with create_session() as session:
             DagBundlesManager().sync_bundles_to_db(session=session)  # the DAG row references its bundle
             session.flush()
             update_dag_parsing_results_in_db(
                 "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
             )
-        dag_run = dag.test(logical_date=logical_date)
+        dag_run = dag.test(logical_date=logical_date, run_conf=conf)
         tis = dag_run.get_task_instances()
         return DagTestResult(
             dag_run=dag_run,

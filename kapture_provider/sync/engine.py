@@ -147,7 +147,7 @@ class OrderSync:
         self._failure: BaseException | None = None  # what stopped a sending thread, raised by the main thread
         self._started = time.monotonic()
         self._started_at = _utc_now()
-        self._next_progress = self._started + progress_seconds
+        self._done = threading.Event()  # set when the run ends: stops the progress reporter
         self._ledger_ready = False
 
     # -- public ----------------------------------------------------------------------------------
@@ -172,8 +172,9 @@ class OrderSync:
             threading.Thread(target=self._send_queued, name=f"kapture-sync-{n}", daemon=True)
             for n in range(0 if self.dry_run else self.max_concurrency)
         ]
-        for sender in senders:
-            sender.start()
+        reporter = threading.Thread(target=self._report_progress, name="kapture-sync-progress", daemon=True)
+        for thread in [*senders, reporter]:
+            thread.start()
         try:
             for chunk in chunks:
                 self._sync_chunk(mapper, chunk, version_index, id_index)
@@ -188,10 +189,11 @@ class OrderSync:
                 self._queue.put(None)
             for sender in senders:
                 sender.join()
+            self._done.set()
+            reporter.join()
             self.summary.requests = self.hook.requests_sent - requests_before
             self.summary.kapture_down = self.kapture_down
             self._finish_timing()
-        self._log_progress(final=True)
         return self.summary
 
     # -- per chunk ------------------------------------------------------------------------------
@@ -235,7 +237,6 @@ class OrderSync:
                 if self.dry_run and entry is not None and entry.status == FAILED:
                     self._dry_run_ids.add(candidate.order.order_id)  # only failed orders come back as pending
                 self._dispatch(candidate)
-        self._log_progress()
 
     @property
     def kapture_down(self) -> bool:
@@ -393,18 +394,17 @@ class OrderSync:
         sent = self.summary.succeeded + self.summary.failed
         self.summary.orders_per_second = round(sent / elapsed, 1) if elapsed > 0 else 0.0
 
-    def _log_progress(self, final: bool = False) -> None:
-        now = time.monotonic()
-        if not final and now < self._next_progress:
-            return
-        self._next_progress = now + self.progress_seconds
-        s = self.summary
-        rate = (s.succeeded + s.failed) / max(now - self._started, 1e-9)
-        log.info(
-            "%s: %d rows read, %d sent (%d ok, %d failed), %d unchanged, %d stale, %d invalid, %.1f orders/s",
-            "Kapture sync finished" if final else "Kapture sync progress",
-            s.rows_read, s.succeeded + s.failed, s.succeeded, s.failed, s.unchanged, s.stale, s.invalid, rate,
-        )  # fmt: skip
+    def _report_progress(self) -> None:
+        """Log a progress line every ``progress_seconds`` until the run ends (the operator logs the summary)."""
+        while not self._done.wait(self.progress_seconds):
+            s = self.summary
+            sent = s.succeeded + s.failed
+            log.info(
+                "Kapture sync progress: %d rows read, %d sent (%d ok, %d failed), %d unchanged, %d stale, "
+                "%d invalid, %.1f orders/s",
+                s.rows_read, sent, s.succeeded, s.failed, s.unchanged, s.stale, s.invalid,
+                sent / max(time.monotonic() - self._started, 1e-9),
+            )  # fmt: skip
 
 
 def shard_of(order_id: str, count: int) -> int:

@@ -7,16 +7,27 @@ from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-from kapture_provider.compat import AirflowException, AirflowFailException, BaseHook, BaseOperator, Context
+from kapture_provider.compat import (
+    AirflowException,
+    AirflowFailException,
+    Asset,
+    BaseHook,
+    BaseOperator,
+    Context,
+)
 from kapture_provider.exceptions import KaptureAuthError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, MappingError
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.ledger import Ledger
+from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, describe, newest_per_order, stream_rows, strip_sql
+from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
 
 #: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
 _LOGGED_PROBLEMS = 20
+#: The counts an asset event carries in its ``extra``.
+_EVENT_COUNTS = ("rows_read", "succeeded", "failed", "invalid", "unchanged", "stale", "retried")
 
 
 class SqlToKaptureOrdersOperator(BaseOperator):
@@ -30,6 +41,10 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         ``:name`` or ``%(name)s`` on any driver; they are bound by the driver, never formatted in.
     :param sql_conn_id: any connection whose hook is a common-sql ``DbApiHook`` (SQLite, PostgreSQL…).
     :param parameters: query parameters (templated).
+    :param window_parameters: names of two query parameters (e.g. ``("start", "end")``) that the operator
+        binds to this run's window ``[start, end)`` as UTC text ``YYYY-MM-DD HH:MM:SS``: the ``window_start``/
+        ``window_end`` params when a run sets them, else the data interval, else (a run without a logical
+        date) since the last successful sync (see :mod:`kapture_provider.transfers.window`).
     :param kapture_conn_id: the Kapture connection.
     :param version_column: a column whose value orders the changes of one order (a version number or
         an ``updated_at``). Only each order's newest row in a run is sent, and a row older than what
@@ -63,6 +78,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         sql: str,
         sql_conn_id: str,
         parameters: Parameters = None,
+        window_parameters: tuple[str, str] | None = None,
         kapture_conn_id: str = KaptureHook.default_conn_name,
         version_column: str | None = None,
         ledger_conn_id: str | None = None,
@@ -84,6 +100,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.sql = sql
         self.sql_conn_id = sql_conn_id
         self.parameters = parameters
+        self.window_parameters = tuple(window_parameters) if window_parameters else None
         self.kapture_conn_id = kapture_conn_id
         self.version_column = version_column
         self.ledger_conn_id = ledger_conn_id
@@ -100,7 +117,16 @@ class SqlToKaptureOrdersOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         source = _db_hook(self.sql_conn_id)
-        ledger = Ledger(_db_hook(self.ledger_conn_id) if self.ledger_conn_id else source, self.ledger_table)
+        ledger_hook = _db_hook(self.ledger_conn_id) if self.ledger_conn_id else source
+        run_log = RunLog(ledger_hook, self.ledger_table)
+        window = self._window(context, run_log)
+        parameters = self._parameters(window)
+        self.log.info(
+            "Kapture sync of %s; query parameters: %s",
+            window.describe() if window else "every row the query returns (no window_parameters)",
+            parameters,
+        )
+        ledger = Ledger(ledger_hook, self.ledger_table)
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
         kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
         if not self.is_dry_run:
@@ -114,7 +140,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         )
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
-            columns, chunks = stream_rows(source, self._query(source), self.parameters, self.chunk_size)
+            columns, chunks = stream_rows(source, self._query(source, parameters), parameters, self.chunk_size)
             summary = engine.run(
                 columns, chunks, timezone=self.timezone, version_column=self.version_column,
                 row_mapper=self.row_mapper,
@@ -124,19 +150,42 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         finally:
             ledger.close()
             kapture.close()
-        return self._report(context, summary)
+        result = self._report(context, summary, window)
+        if window is not None and not self.is_dry_run:
+            ti = context["ti"]
+            run_log.record(ti.dag_id, ti.task_id, self.shard_index, ti.run_id, window.start, window.end)
+        return result
 
-    def _query(self, source: DbApiHook) -> str:
+    def _window(self, context: Context, run_log: RunLog) -> SyncWindow | None:
+        """This run's window, when the query is bound to one (``window_parameters``)."""
+        if not self.window_parameters:
+            return None
+        ti = context["ti"]
+        try:
+            return resolve_window(context, lambda: run_log.last_synced_until(ti.dag_id, ti.task_id, self.shard_index))
+        except WindowError as err:
+            raise AirflowFailException(str(err)) from None
+
+    def _parameters(self, window: SyncWindow | None) -> Parameters:
+        """The query parameters, with the window's bounds bound to ``window_parameters``."""
+        if window is None or self.window_parameters is None:
+            return self.parameters
+        if self.parameters is not None and not isinstance(self.parameters, Mapping):
+            raise AirflowFailException("window_parameters need named query parameters (a dict), not a sequence")
+        start_name, end_name = self.window_parameters
+        return {**(self.parameters or {}), start_name: window.start_text, end_name: window.end_text}
+
+    def _query(self, source: DbApiHook, parameters: Parameters) -> str:
         """The query to stream; with a version column, only each order's newest row comes back."""
         sql = strip_sql(self.sql)
         if not self.version_column:
             return sql
-        columns = describe(source, sql, self.parameters)
+        columns = describe(source, sql, parameters)
         id_column = next((c for c in columns if c in ("order_id", ORDER_ID_PATH)), None)
         return newest_per_order(sql, id_column, self.version_column) if id_column else sql
 
-    def _report(self, context: Context, summary: SyncSummary) -> dict[str, Any]:
-        result = summary.as_dict()
+    def _report(self, context: Context, summary: SyncSummary, window: SyncWindow | None) -> dict[str, Any]:
+        result = {**summary.as_dict(), "window": window.as_dict() if window else None}
         verb = "would send" if self.is_dry_run else "sent"
         self.log.info(
             "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed, %d earlier failures retried), "
@@ -161,7 +210,24 @@ class SqlToKaptureOrdersOperator(BaseOperator):
                 f"order was delivered and recorded. Failed orders are retried by the next run; fix invalid "
                 f"rows in the warehouse. Ledger: {self.ledger_table}"
             )
+        self._asset_events(context, result)
         return result
+
+    def _asset_events(self, context: Context, result: Mapping[str, Any]) -> None:
+        """The Asset outlets get an event only when orders were delivered, with the run's counts as its extra.
+
+        Airflow emits an event for every Asset outlet of a successful task, reading ``outlets`` after
+        ``execute`` from the task's copy made for this run; a run that delivered nothing drops them there.
+        """
+        assets = [outlet for outlet in self.outlets if isinstance(outlet, Asset)]
+        if not result["succeeded"]:
+            self.outlets = [outlet for outlet in self.outlets if outlet not in assets]
+            return
+        extra = {key: result[key] for key in _EVENT_COUNTS}
+        if result["window"]:
+            extra |= {"window_start": result["window"]["start"], "window_end": result["window"]["end"]}
+        for asset in assets:
+            context["outlet_events"][asset].extra.update(extra)
 
 
 def _db_hook(conn_id: str) -> DbApiHook:

@@ -185,7 +185,7 @@ def sync_dag(kapture_conn_id: str) -> Any:
             task_id="sync",
             sql_conn_id=example.sql_conn_id,
             sql=example.sql,
-            parameters=example.parameters,
+            window_parameters=example.window_parameters,
             kapture_conn_id=kapture_conn_id,
             version_column=example.version_column,
             max_concurrency=example.max_concurrency,

@@ -146,7 +146,7 @@ def postgres_warehouse(postgres_schema: str, monkeypatch: pytest.MonkeyPatch) ->
         return psycopg.connect(**PG_DSN, options=options)
 
     with psycopg.connect(**PG_DSN, options=options, autocommit=True) as conn:
-        for table in ("erp_orders", LEDGER_TABLE, "order_changes"):
+        for table in ("erp_orders", LEDGER_TABLE, f"{LEDGER_TABLE}_runs", "order_changes"):
             conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
         conn.execute(ERP_ORDERS_DDL)
     conn_json = json.dumps(

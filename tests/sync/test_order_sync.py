@@ -74,7 +74,7 @@ def sync_dag(example_dag: Any, sql: str | None = None, **operator_kwargs: Any) -
             task_id=TASK_ID,
             sql_conn_id="erp_warehouse",
             sql=example_task.sql if sql is None else sql,
-            parameters=example_task.parameters,
+            window_parameters=example_task.window_parameters,
             **kwargs,
         )
     return dag
