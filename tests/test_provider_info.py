@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from importlib.metadata import entry_points
 
 from kapture_provider import get_provider_info
@@ -34,8 +35,21 @@ def test_ui_connection_form_shows_the_kapture_fields() -> None:
     assert behaviour.host is not None and behaviour.host.title == "Kapture base URL or subdomain"
     assert behaviour.login is not None and behaviour.login.title == "User name"
     assert behaviour.password is not None and behaviour.password.title == "Password"
-    assert behaviour.port is not None and behaviour.port.hidden
+    # Port is shown: Airflow 3.3's Test button refuses a connection whose port is empty (it sends 0)
+    assert behaviour.port is not None and not behaviour.port.hidden and behaviour.port.title == "Port"
     assert behaviour.url_schema is not None and behaviour.url_schema.hidden
     extras = meta.extra_fields or {}
     assert {"timeout", "connect_timeout", "max_retries", "allow_insecure_http"} <= set(extras)
     assert extras["timeout"]["schema"]["type"] == ["number", "null"]
+
+
+def test_ui_connection_form_prefills_the_hooks_defaults() -> None:
+    """Airflow 3.3's form saves every extra it shows; pre-filled with the hook's defaults, none is saved empty."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    from kapture_provider.hooks.kapture import KaptureSettings
+
+    (meta,) = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "kapture"]
+    values = {name: field["value"] for name, field in (meta.extra_fields or {}).items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(KaptureSettings) if f.name in values}
+    assert values == {**defaults, "allow_insecure_http": False}

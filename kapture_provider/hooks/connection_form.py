@@ -14,10 +14,14 @@ from typing import Any
 HOOK_CLASS = "kapture_provider.hooks.kapture.KaptureHook"
 CONN_TYPE = "kapture"
 HOOK_NAME = "Kapture CRM"
-HIDDEN_FIELDS = ["schema", "port", "extra"]
-RELABELING = {"host": "Kapture base URL or subdomain", "login": "User name", "password": "Password"}
+# Port stays visible: Airflow 3.3's Test button sends 0 for a connection without a port and then refuses
+# to test it ("The host or port to test differs…"); with the port filled in, the Test button works.
+# The "Extra Fields JSON" section cannot be hidden (Airflow 3.2+ always shows it); every extra has a field.
+HIDDEN_FIELDS = ["schema", "extra"]
+RELABELING = {"host": "Kapture base URL or subdomain", "port": "Port", "login": "User name", "password": "Password"}
 PLACEHOLDERS = {
     "host": "acme  or  https://acme.kapturecrm.com",
+    "port": "443 (fill it in: Airflow's Test button needs it)",
     "login": "Kapture user name (leave empty if Password is a ready-made token)",
     "password": "Kapture password, or the Basic token when User name is empty",
 }
@@ -31,11 +35,12 @@ class ExtraField:
     label: str
     description: str
     kind: str  # "number", "integer", "boolean" or "string"
+    default: Any  # the hook's default, pre-filled in the form (so that it never saves empty extras)
     minimum: float | None = None
     secret: bool = False  # shown masked, and masked in logs
 
     def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": [self.kind, "null"]}
+        schema: dict[str, Any] = {"type": [self.kind, "null"], "default": self.default}
         if self.minimum is not None:
             schema["minimum"] = self.minimum
         if self.secret:
@@ -45,31 +50,31 @@ class ExtraField:
 
 EXTRA_FIELDS: tuple[ExtraField, ...] = (
     ExtraField(
-        "timeout", "Read timeout (seconds)", "How long to wait for Kapture's answer to one request. Default 30.",
-        "number", minimum=1,
+        "timeout", "Read timeout (seconds)", "How long to wait for Kapture's answer to one request.",
+        "number", 30.0, minimum=1,
     ),
     ExtraField(
-        "connect_timeout", "Connect timeout (seconds)", "How long to wait for a TCP/TLS connection. Default 10.",
-        "number", minimum=1,
+        "connect_timeout", "Connect timeout (seconds)", "How long to wait for a TCP/TLS connection.",
+        "number", 10.0, minimum=1,
     ),
     ExtraField(
-        "max_retries", "Max retries", "Retries of a transient failure (429, 5xx, timeouts, resets). Default 5.",
-        "integer", minimum=0,
+        "max_retries", "Max retries", "Retries of a transient failure (429, 5xx, timeouts, resets).",
+        "integer", 5, minimum=0,
     ),
     ExtraField(
         "backoff_base", "Backoff base (seconds)",
-        "First retry waits up to this long, doubling each time (full jitter). Default 0.5.", "number", minimum=0,
+        "First retry waits up to this long, doubling each time (full jitter).", "number", 0.5, minimum=0,
     ),
     ExtraField(
-        "backoff_max", "Backoff cap (seconds)", "Longest wait between two retries. Default 30.", "number", minimum=0,
+        "backoff_max", "Backoff cap (seconds)", "Longest wait between two retries.", "number", 30.0, minimum=0,
     ),
     ExtraField(
-        "pool_size", "Connection pool size", "Keep-alive connections kept open to Kapture. Default 32.",
-        "integer", minimum=1,
+        "pool_size", "Connection pool size", "Keep-alive connections kept open to Kapture.",
+        "integer", 32, minimum=1,
     ),
     ExtraField(
         "allow_insecure_http", "Allow plain http:// to non-loopback hosts",
-        "Off by default: credentials would travel unencrypted.", "boolean",
+        "Off by default: credentials would travel unencrypted.", "boolean", False,
     ),
 )  # fmt: skip
 

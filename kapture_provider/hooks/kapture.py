@@ -35,6 +35,7 @@ ORDER_SEARCH_PATH = "/ms/customer-search/order-search/api/v1/pull-internal"
 _AUTH_WORDS = ("auth key", "unauthori", "unauthenticated", "invalid token", "invalid credential")
 _RETRYABLE_STATUS = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER = 300.0
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,12 @@ class KaptureSettings:
     pool_size: int = 32
 
 
-def base_url_from_host(host: str, *, allow_insecure_http: bool = False) -> str:
-    """A full base URL from the connection's Host: a URL, a host name, or a bare subdomain."""
+def base_url_from_host(host: str | None, *, port: int | None = None, allow_insecure_http: bool = False) -> str:
+    """A full base URL from the connection's Host (a URL, a host name, or a bare subdomain) and Port.
+
+    Port 0 means no port, as None does: Airflow 3.3's Test button sends 0 for an empty Port. A Port
+    that contradicts a port written in the Host is refused rather than one of them silently ignored.
+    """
     host = (host or "").strip().rstrip("/")
     if not host:
         raise ValueError("the Kapture connection has no Host: set the base URL or the subdomain")
@@ -66,7 +71,16 @@ def base_url_from_host(host: str, *, allow_insecure_http: bool = False) -> str:
             f"refusing plain http:// to {parts.hostname}: credentials would travel unencrypted. "
             "Use https://, or set the connection extra allow_insecure_http=true if you really mean it"
         )
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    netloc = parts.netloc
+    if port:
+        if parts.port is not None and parts.port != port:
+            raise ValueError(
+                f"the Kapture connection's Host {host!r} names port {parts.port} but its Port is {port}: "
+                "leave Port empty or make them agree"
+            )
+        if parts.port is None and port != _DEFAULT_PORTS[parts.scheme]:
+            netloc = f"{netloc}:{port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -168,7 +182,8 @@ class KaptureHook(BaseHook):
                 except (TypeError, ValueError):
                     raise ValueError(f"connection extra {name!r} must be a {kind.__name__}, got {raw!r}") from None
         base_url = base_url_from_host(
-            _host_with_port(conn.host, conn.port),
+            conn.host,
+            port=conn.port,
             allow_insecure_http=str(extra.get("allow_insecure_http", "")).lower() in ("1", "true", "yes"),
         )
         return KaptureSettings(base_url, basic_authorization(conn.login, conn.password), **values)
@@ -342,12 +357,3 @@ def _prefix(order_id: str | None) -> str:
 def _excerpt(body: bytes, personal: list[str]) -> str:
     text = body[:400].decode("utf-8", errors="replace")
     return repr(scrub(text, 80, personal)) if text.strip() else "empty"
-
-
-def _host_with_port(host: str | None, port: int | None) -> str:
-    if not port or not host:
-        return host or ""
-    if "://" in host:
-        parts = urlsplit(host)
-        return host if parts.port else host.replace(parts.netloc, f"{parts.netloc}:{port}", 1)
-    return f"{host}:{port}"

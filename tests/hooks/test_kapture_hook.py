@@ -287,6 +287,29 @@ def test_connection_port_field_is_appended_to_host(
     hook.close()
 
 
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("acme", 443, "https://acme.kapturecrm.com"),
+        ("acme", 8443, "https://acme.kapturecrm.com:8443"),
+        ("https://acme.kapturecrm.com:8443", 8443, "https://acme.kapturecrm.com:8443"),
+        ("http://127.0.0.1", 80, "http://127.0.0.1"),
+        ("http://127.0.0.1:8765", 0, "http://127.0.0.1:8765"),  # Airflow 3.3's Test button sends 0 for no port
+    ],
+)
+def test_port_field(kapture_conn_env: Callable[..., str], host: str, port: int, expected: str) -> None:
+    kapture_conn_env(CONN_ID, host=host, port=port, login="user", password="secret")
+
+    assert KaptureHook(kapture_conn_id=CONN_ID).settings.base_url == expected
+
+
+def test_port_contradicting_the_host_is_refused(kapture_conn_env: Callable[..., str]) -> None:
+    kapture_conn_env(CONN_ID, host="http://127.0.0.1:8765", port=9000, login="user", password="secret")
+
+    with pytest.raises(ValueError, match="names port 8765 but its Port is 9000"):
+        _ = KaptureHook(kapture_conn_id=CONN_ID).settings
+
+
 @pytest.mark.parametrize("host", ["http://kapture.example.com", "http://acme.kapturecrm.com:8080", "http://10.0.0.5"])
 def test_plain_http_to_remote_host_is_refused(make_hook, host: str) -> None:
     hook = make_hook(host=host)
