@@ -53,3 +53,15 @@ def test_ui_connection_form_prefills_the_hooks_defaults() -> None:
     values = {name: field["value"] for name, field in (meta.extra_fields or {}).items()}
     defaults = {f.name: f.default for f in dataclasses.fields(KaptureSettings) if f.name in values}
     assert values == {**defaults, "allow_insecure_http": False}
+
+
+def test_airflow_loads_the_kapture_page_plugin_with_default_settings() -> None:
+    """Installed is enough: the ``airflow.plugins`` entry point is loaded whatever ``lazy_discover_providers`` says
+    (a provider-info ``plugins`` entry is not, by default)."""
+    from airflow import plugins_manager
+
+    (plugin,) = [p for p in plugins_manager.get_plugin_info() if p["name"] == "kapture"]
+    assert [app["url_prefix"] for app in plugin["fastapi_apps"]] == ["/kapture"]
+    assert [(v["name"], v["url_route"], v["destination"]) for v in plugin["external_views"]] == [
+        ("Kapture", "kapture", "nav")
+    ]

@@ -67,7 +67,14 @@ class SqlToKaptureOrdersOperator(BaseOperator):
     :return: the run summary (counts, duration, throughput, failed and invalid order ids with reasons).
     """
 
-    template_fields: Sequence[str] = ("sql", "parameters", "sql_conn_id", "kapture_conn_id", "ledger_table")
+    template_fields: Sequence[str] = (
+        "sql",
+        "parameters",
+        "sql_conn_id",
+        "kapture_conn_id",
+        "ledger_conn_id",
+        "ledger_table",
+    )
     template_ext: Sequence[str] = (".sql",)
     template_fields_renderers = {"sql": "sql", "parameters": "json"}
     ui_color = "#e8f4fd"

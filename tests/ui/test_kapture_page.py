@@ -1,0 +1,526 @@
+"""The Kapture page and the connection Test button, in headless Chromium against a real ``airflow api-server``.
+
+Set up once for the module (nothing is mocked):
+
+* a throw-away Airflow: its own ``AIRFLOW_HOME`` and SQLite metadata DB, the SimpleAuthManager in
+  multi-team mode. Two DAG bundles belong to two teams: ``sales_orders_sync`` (team ``sales``; ledger in a
+  database and table of its own through ``ledger_conn_id``) and ``ops_orders_sync`` (team ``ops``; ledger
+  in its warehouse, the default). Users: ``admin``; ``alice``, a viewer in team sales; ``bob``, a viewer
+  in team ops. The auth manager lets alice read only the sales DAG and bob only the ops DAG;
+* the real sync, run by ``airflow dags test`` against the Kapture emulator (in this process, on
+  loopback): the sales DAG runs two hours and the emulator refuses order ``S1002`` both times, so the
+  ledger holds five delivered orders and one still owed after two attempts; the ops DAG runs one hour;
+* ``airflow api-server`` serving the UI, the REST API and the page (the plugin comes from the installed
+  package's entry point, as after ``pip install``), with ``[core] test_connection = Enabled``.
+
+Chromium (Debian's, driven through Debian's chromedriver; nothing is downloaded) logs in through
+Airflow's login form, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from kapture_provider.compat import AIRFLOW_V_3_2_PLUS
+from kapture_provider.testing.emulator import SEARCH_PATH, Fault, KaptureEmulator
+from kapture_provider.testing.warehouse import insert_orders
+
+pytestmark = [
+    pytest.mark.skipif(not AIRFLOW_V_3_2_PLUS, reason="per-DAG access with the SimpleAuthManager needs multi-team"),
+    pytest.mark.timeout(280),
+]
+
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+USERS = {"admin": ("admin", None), "alice": ("viewer", "sales"), "bob": ("viewer", "ops")}
+PASSWORD = "kapture-ui-test"
+SALES_DAG, OPS_DAG = "sales_orders_sync", "ops_orders_sync"
+SALES_LEDGER_TABLE = "sales_kapture_ledger"
+REFUSED = "S1002"
+#: The runs made: an hourly run at T syncs the hour before T.
+LOGICAL_DATES = {
+    SALES_DAG: ["2026-11-26T02:00:00+00:00", "2026-11-26T03:00:00+00:00"],
+    OPS_DAG: ["2026-11-26T02:00:00+00:00"],
+}
+
+DAG_FILE = '''"""An Airflow DAG of the Kapture page test."""
+import pendulum
+from kapture_provider.compat import DAG, CronDataIntervalTimetable
+from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
+
+with DAG(
+    dag_id={dag_id!r},
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+):
+    SqlToKaptureOrdersOperator(
+        task_id="sync",
+        sql_conn_id={warehouse!r},
+        sql="""SELECT order_id, customer_name, phone, email AS email_id, city, updated_at AS _version
+               FROM erp_orders WHERE updated_at >= :start AND updated_at < :end""",
+        parameters={{
+            "start": "{{{{ data_interval_start.strftime('%Y-%m-%d %H:%M:%S') }}}}",
+            "end": "{{{{ data_interval_end.strftime('%Y-%m-%d %H:%M:%S') }}}}",
+        }},
+        version_column="_version",
+        max_failed_ratio=1.0,  # the refused order is this test's subject, not a reason to fail the run
+        **{ledger!r},
+    )
+'''
+
+
+def order(order_id: str, n: int, updated_at: str) -> tuple[Any, ...]:
+    """A warehouse row with personal values unique to it (each is searched for in the page and the JSON)."""
+    return (
+        order_id, f"Quintessa Zorawar{n}", f"90123456{n:02d}", f"quintessa.zorawar{n}@example.org", "Pune",
+        f"INV-{order_id}", "2026-11-20", "Placed", "UPI", "1234.50", updated_at,
+    )  # fmt: skip
+
+
+SALES_ORDERS = [
+    order("S1001", 1, "2026-11-26 01:10:00"), order("S1002", 2, "2026-11-26 01:20:00"),
+    order("S1003", 3, "2026-11-26 01:30:00"), order("S1004", 4, "2026-11-26 01:40:00"),
+    order("S1005", 5, "2026-11-26 02:10:00"), order("S1006", 6, "2026-11-26 02:20:00"),
+]  # fmt: skip
+OPS_ORDERS = [order("P2001", 7, "2026-11-26 01:15:00"), order("P2002", 8, "2026-11-26 01:45:00")]
+PERSONAL_VALUES = [value for row in SALES_ORDERS + OPS_ORDERS for value in row[1:4]]
+
+
+# --------------------------------------------------------------------------------------------------
+# The deployment: Airflow home, DAG runs, API server
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    url: str
+    home: Path
+    emulator: KaptureEmulator
+    env: dict[str, str]
+
+    def metadata(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.home / "airflow.db") as conn:
+            return conn.execute(sql, parameters).fetchall()
+
+    def ledger(self, dag_id: str) -> dict[str, dict[str, Any]]:
+        path, table = (
+            (self.home / "sales_ledger.db", SALES_LEDGER_TABLE)
+            if dag_id == SALES_DAG
+            else (self.home / "ops.db", "kapture_order_sync_ledger")
+        )
+        with sqlite3.connect(path) as conn:
+            conn.row_factory = sqlite3.Row
+            return {row["order_id"]: dict(row) for row in conn.execute(f"SELECT * FROM {table}")}
+
+    def summaries(self, dag_id: str) -> dict[str, dict[str, Any]]:
+        """run id -> the summary the sync task returned (its XCom), read from the metadata DB."""
+        rows = self.metadata("SELECT run_id, value FROM xcom WHERE dag_id = ? AND key = 'return_value'", (dag_id,))
+        return {run_id: json.loads(value) for run_id, value in rows}
+
+    def token(self, user: str) -> str:
+        request = urllib.request.Request(
+            f"{self.url}/auth/token",
+            data=json.dumps({"username": user, "password": PASSWORD}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return str(json.load(answer)["access_token"])
+
+    def call(self, method: str, path: str, token: str | None = None, body: Any = None) -> tuple[int, Any]:
+        """An HTTP request to the API server; (status, parsed JSON or text)."""
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                status, text = answer.status, answer.read().decode()
+        except urllib.error.HTTPError as err:
+            status, text = err.code, err.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _airflow_env(home: Path, emulator: KaptureEmulator, port: int) -> dict[str, str]:
+    bundles = [
+        {"name": team, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+         "kwargs": {"path": str(home / team)}, "team_name": team}
+        for team in ("sales", "ops")
+    ]  # fmt: skip
+    sqlite = {"conn_type": "sqlite"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}  # not this process's test home
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__MULTI_TEAM": "True",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+                f"{user}:{role}" + (f":{team}" if team else "") for user, (role, team) in USERS.items()
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "kapture-ui-test-jwt-secret",
+            "AIRFLOW__API__SECRET_KEY": "kapture-ui-test-secret-key",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW_CONN_SALES_WAREHOUSE": json.dumps({**sqlite, "host": str(home / "sales.db")}),
+            "AIRFLOW_CONN_SALES_LEDGER": json.dumps({**sqlite, "host": str(home / "sales_ledger.db")}),
+            "AIRFLOW_CONN_OPS_WAREHOUSE": json.dumps({**sqlite, "host": str(home / "ops.db")}),
+            "AIRFLOW_CONN_KAPTURE_DEFAULT": emulator.connection_json(max_retries=0),
+            "SE_OFFLINE": "true",
+        }
+    )
+    return env
+
+
+def _run(env: dict[str, str], *args: str) -> None:
+    done = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def _prepare(home: Path, env: dict[str, str]) -> None:
+    """Users, DAG files and warehouses; the metadata DB, the teams and the serialized DAGs."""
+    (home / "passwords.json").write_text(json.dumps(dict.fromkeys(USERS, PASSWORD)))
+    ledgers = {SALES_DAG: {"ledger_conn_id": "sales_ledger", "ledger_table": SALES_LEDGER_TABLE}, OPS_DAG: {}}
+    for team, dag_id, rows in (("sales", SALES_DAG, SALES_ORDERS), ("ops", OPS_DAG, OPS_ORDERS)):
+        (home / team).mkdir()
+        dag = DAG_FILE.format(dag_id=dag_id, warehouse=f"{team}_warehouse", ledger=ledgers[dag_id])
+        (home / team / f"{dag_id}.py").write_text(dag)
+        with sqlite3.connect(home / f"{team}.db") as conn:
+            insert_orders(conn, rows)
+        conn.close()
+    _run(env, "db", "migrate")
+    for team in ("sales", "ops"):
+        _run(env, "teams", "create", team)
+    _run(env, "dags", "reserialize")
+
+
+@pytest.fixture(scope="module")
+def deployment() -> Iterator[Deployment]:
+    for program in (CHROMIUM, CHROMEDRIVER):
+        assert Path(program).exists(), f"{program} is needed (Debian packages chromium and chromium-driver)"
+    home = Path(tempfile.mkdtemp(prefix="kapture-ui-"))
+    port = _free_port()
+    with KaptureEmulator() as emulator:
+        env = _airflow_env(home, emulator, port)
+        _prepare(home, env)
+        emulator.script_for_order(REFUSED, Fault.FAILED_BODY, Fault.FAILED_BODY)  # refused in both sales runs
+        for dag_id, dates in LOGICAL_DATES.items():
+            for logical_date in dates:
+                _run(env, "dags", "test", dag_id, logical_date)
+        with open(home / "api-server.log", "wb") as log:
+            server = subprocess.Popen(
+                [AIRFLOW, "api-server", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: its workers are stopped with it
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_until_healthy(url, server, home / "api-server.log")
+            yield Deployment(url, home, emulator, env)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"the API server exited:\n{log.read_text()[-3000:]}"
+        try:
+            with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the API server did not answer in 120 s:\n{log.read_text()[-3000:]}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The browser
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(deployment: Deployment) -> Iterator[Any]:
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="kapture-chromium-")
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1000", f"--user-data-dir={profile}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait(driver: Any, condition: Any) -> Any:
+    """``condition(driver)`` once it is truthy; the UI re-renders, so elements going stale meanwhile are retried."""
+    return WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
+def click(driver: Any, css: str, text: str) -> None:
+    """Click the element matching ``css`` whose text is ``text``, once the UI shows it."""
+
+    def clicked(d: Any) -> bool:
+        element = next((e for e in d.find_elements(By.CSS_SELECTOR, css) if e.text.strip() == text), None)
+        if element is None:
+            return False
+        element.click()
+        return True
+
+    wait(driver, clicked)
+
+
+def log_in(driver: Any, deployment: Deployment, user: str, then: str) -> None:
+    """Log in through Airflow's login form (after forgetting any earlier session), landing on ``then``."""
+    driver.get(f"{deployment.url}/auth/login")
+    driver.delete_all_cookies()
+    driver.get(f"{deployment.url}/auth/login?next={deployment.url}{then}")
+    wait(driver, lambda d: d.find_elements(By.NAME, "username"))
+    driver.find_element(By.NAME, "username").send_keys(user)
+    driver.find_element(By.NAME, "password").send_keys(PASSWORD)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, lambda d: d.current_url.startswith(f"{deployment.url}{then}"))
+
+
+def page_data(driver: Any) -> dict[str, dict[str, Any]]:
+    """What the Kapture page shows: dag id -> owed total, owed orders, and each run's row."""
+
+    shown: dict[str, dict[str, Any]] = {}
+    for section in driver.find_elements(By.CSS_SELECTOR, "section.sync"):
+        owed = {
+            row.get_attribute("data-order-id"): [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            for row in section.find_elements(By.CSS_SELECTOR, "table.owed tbody tr")
+        }
+        runs = {
+            row.get_attribute("data-run-id"): {
+                cell.get_attribute("data-field"): cell.text
+                for cell in row.find_elements(By.CSS_SELECTOR, "td[data-field]")
+            }
+            for row in section.find_elements(By.CSS_SELECTOR, "table.runs tbody tr")
+        }
+        total = section.find_element(By.CSS_SELECTOR, "[data-field=owed-total]").text
+        shown[section.get_attribute("data-dag-id")] = {"owed_total": total, "owed": owed, "runs": runs}
+    return shown
+
+
+def browser_json(driver: Any, deployment: Deployment) -> tuple[str, Any]:
+    """The page's JSON as the logged-in browser gets it (its text, and parsed)."""
+
+    driver.get(f"{deployment.url}/kapture/api/syncs")
+    text = driver.find_element(By.TAG_NAME, "pre").text
+    return text, json.loads(text)
+
+
+def assert_no_personal_data(text: str) -> None:
+    leaked = [value for value in PERSONAL_VALUES if value in text]
+    assert not leaked, f"personal data on the page: {leaked}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The Kapture page
+# --------------------------------------------------------------------------------------------------
+
+
+def test_anonymous_requests_are_refused(deployment: Deployment, browser: Any) -> None:
+    for path in ("/kapture/", "/kapture/api/syncs"):
+        status, body = deployment.call("GET", path)
+        assert status == 401, (path, status, body)
+        status, body = deployment.call("GET", path, token="not-a-valid-token")
+        assert status == 403, (path, status, body)
+
+    browser.get(f"{deployment.url}/auth/login")
+    browser.delete_all_cookies()
+    browser.get(f"{deployment.url}/kapture/")
+    assert "Not authenticated" in browser.page_source
+    assert SALES_DAG not in browser.page_source and REFUSED not in browser.page_source
+
+
+def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summaries(
+    deployment: Deployment, browser: Any
+) -> None:
+
+    log_in(browser, deployment, "alice", "/dags")
+    click(browser, "button", "Browse")
+    click(browser, "[role=menuitem]", "Kapture")
+    frame = wait(browser, lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
+    browser.switch_to.frame(frame)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.sync"))
+    shown = page_data(browser)
+    browser.switch_to.default_content()
+
+    assert set(shown) == {SALES_DAG}  # alice may read the sales DAG only
+    ledger = deployment.ledger(SALES_DAG)
+    owed = {order_id: row for order_id, row in ledger.items() if row["status"] == "failed"}
+    delivered = {order_id for order_id, row in ledger.items() if row["status"] == "delivered"}
+    assert set(owed) == {REFUSED} and delivered == {"S1001", "S1003", "S1004", "S1005", "S1006"}
+    sales = shown[SALES_DAG]
+    assert sales["owed_total"] == str(len(owed))
+    order_id, attempts, first_failure, last_failure, last_error = sales["owed"][REFUSED]
+    assert (order_id, attempts) == (REFUSED, str(owed[REFUSED]["attempts"])) == (REFUSED, "2")
+    assert last_failure == owed[REFUSED]["last_attempt_at"] and last_error == owed[REFUSED]["last_error"]
+    assert first_failure == owed[REFUSED]["first_seen_at"]  # never delivered: failing since it was first seen
+    assert "Order Updation Failed" in last_error
+
+    summaries = deployment.summaries(SALES_DAG)
+    assert len(summaries) == 2 and set(sales["runs"]) == set(summaries)
+    for run_id, summary in summaries.items():
+        row = sales["runs"][run_id]
+        for field in ("rows_read", "to_send", "succeeded", "failed", "invalid", "retried", "requests"):
+            assert row[field] == str(summary[field]), (run_id, field)
+        assert row["orders_per_second"] == str(summary["orders_per_second"])
+        ((state,),) = deployment.metadata(
+            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ?", (SALES_DAG, run_id)
+        )
+        assert row["state"] == state
+    first, second = sorted(summaries.values(), key=lambda s: s["retried"])
+    assert (first["rows_read"], first["succeeded"], first["failed"]) == (4, 3, 1)
+    assert (second["rows_read"], second["retried"], second["succeeded"], second["failed"]) == (2, 1, 2, 1)
+
+
+def test_page_and_json_carry_no_personal_data(deployment: Deployment, browser: Any) -> None:
+    log_in(browser, deployment, "admin", "/kapture/")
+    html = browser.page_source
+    text, data = browser_json(browser, deployment)
+
+    assert {SALES_DAG, OPS_DAG} <= {sync["task"]["dag_id"] for sync in data["syncs"]}  # the admin reads both
+    assert REFUSED in html and REFUSED in text
+    assert_no_personal_data(html)
+    assert_no_personal_data(text)
+    assert "pending_body" not in text and "customer_info" not in html + text
+
+
+def test_user_who_may_not_read_a_dag_sees_nothing_of_it(deployment: Deployment, browser: Any) -> None:
+    log_in(browser, deployment, "bob", "/kapture/")
+    shown = page_data(browser)
+    html = browser.page_source
+    text, data = browser_json(browser, deployment)
+    _, api = deployment.call("GET", "/kapture/api/syncs", token=deployment.token("bob"))
+
+    assert set(shown) == {OPS_DAG}
+    assert shown[OPS_DAG]["owed_total"] == "0"
+    (run,) = shown[OPS_DAG]["runs"].values()
+    assert run["succeeded"] == "2" and run["failed"] == "0"
+    assert (
+        [sync["task"]["dag_id"] for sync in data["syncs"]] == [OPS_DAG] == [s["task"]["dag_id"] for s in api["syncs"]]
+    )
+    for sales_trace in (SALES_DAG, SALES_LEDGER_TABLE, "sales_ledger", *(row[0] for row in SALES_ORDERS)):
+        assert sales_trace not in html and sales_trace not in text
+
+
+# --------------------------------------------------------------------------------------------------
+# The connection form and the Test button
+# --------------------------------------------------------------------------------------------------
+
+
+def test_connection_made_in_the_form_passes_the_test_button(deployment: Deployment, browser: Any) -> None:
+
+    conn_id, emulator = "kapture_from_the_form", deployment.emulator
+    log_in(browser, deployment, "admin", "/connections")
+    click(browser, "button", "Add Connection")
+    dialog = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "[role=dialog]"))
+    dialog.find_element(By.NAME, "connection_id").send_keys(conn_id)
+    conn_type = dialog.find_element(By.CSS_SELECTOR, "input[role=combobox]")
+    conn_type.send_keys("Kapture CRM")
+    wait(browser, lambda d: "Kapture CRM" in d.find_element(By.CSS_SELECTOR, "[role=listbox]").text)
+    conn_type.send_keys(Keys.ENTER)
+    wait(browser, lambda d: d.find_elements(By.NAME, "port"))
+    for name, value in (
+        ("host", "http://127.0.0.1"), ("port", str(emulator.port)),
+        ("login", emulator.config["username"]), ("password", emulator.config["password"]),
+    ):  # fmt: skip
+        dialog.find_element(By.NAME, name).send_keys(value)
+    click(browser, "[role=dialog] button", "Save")
+    row = wait(
+        browser, lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "tbody tr") if conn_id in r.text), None)
+    )
+
+    status, stored = deployment.call("GET", f"/api/v2/connections/{conn_id}", token=deployment.token("admin"))
+    assert status == 200 and stored["port"] == emulator.port
+    extra = json.loads(stored["extra"])
+    assert extra and None not in extra.values(), extra  # the hook's defaults, not a row of nulls
+
+    searches = len([r for r in emulator.requests if r.path == SEARCH_PATH])
+    row.find_element(By.CSS_SELECTOR, "button[aria-label='Test Connection']").click()
+    toast = wait(browser, connection_test_toast)
+    message = wait(browser, lambda d: toast.find_element(By.CSS_SELECTOR, "[data-part=description]").text)
+    assert toast.get_attribute("data-type") == "success", message
+    assert emulator.url in message
+    tests = [r for r in emulator.requests if r.path == SEARCH_PATH][searches:]
+    assert len(tests) == 1 and tests[0].status == 200 and tests[0].authorization
+
+
+def connection_test_toast(driver: Any) -> Any:
+    """The notification the Test button raised ("Test Connection Successful" or "… Failed"), once shown."""
+    for toast in driver.find_elements(By.CSS_SELECTOR, "[data-scope=toast][data-part=root]"):
+        if toast.find_element(By.CSS_SELECTOR, "[data-part=title]").text.startswith("Test Connection"):
+            return toast
+    return None
+
+
+def test_connection_test_endpoint_with_the_request_the_ui_sends(deployment: Deployment) -> None:
+    """The body Airflow 3.3's Test button posts (``TestConnectionButton``): the listed connection, port as a number."""
+    admin, emulator = deployment.token("admin"), deployment.emulator
+    conn_id = "kapture_over_rest"
+    body = {"connection_id": conn_id, "conn_type": "kapture", "host": "http://127.0.0.1", "port": emulator.port,
+            "login": emulator.config["username"], "password": emulator.config["password"]}  # fmt: skip
+    assert deployment.call("POST", "/api/v2/connections", admin, body)[0] == 201
+    _, listed = deployment.call("GET", f"/api/v2/connections/{conn_id}", admin)
+    ui_request = {
+        "conn_type": listed["conn_type"], "connection_id": listed["connection_id"],
+        "description": listed["description"] or "", "extra": listed["extra"] or "{}", "host": listed["host"] or "",
+        "login": listed["login"] or "", "password": listed["password"] or "", "port": listed["port"] or 0,
+        "schema": listed["schema"] or "",
+    }  # fmt: skip
+    assert ui_request["password"] == "***"  # the UI never has the stored password: the API must use its own
+
+    status, result = deployment.call("POST", "/api/v2/connections/test", admin, ui_request)
+
+    assert status == 200, result
+    assert result["status"] is True and emulator.url in result["message"], result
