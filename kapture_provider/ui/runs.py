@@ -1,7 +1,7 @@
 """The sync tasks and their last runs, read from Airflow's metadata database for the Kapture page.
 
 A sync task is a task instance of :class:`~kapture_provider.transfers.sql_to_kapture.SqlToKaptureOrdersOperator`.
-Each run's counts and rates come from the summary the task returned (its ``return_value`` XCom); where
+Each run's counts, rates and window come from the summary the task returned (its ``return_value`` XCom); where
 its ledger lives, from the task's rendered template fields (``ledger_conn_id``, else ``sql_conn_id``, and
 ``ledger_table``) as the newest run rendered them. Runs on the API server only (Airflow 3.1+).
 """
@@ -38,6 +38,7 @@ class TaskRun:
     state: str | None  # the task instance's
     map_index: int
     summary: dict[str, Any] | None  # the summary's counts and rates; None until the task returned one
+    window: dict[str, str] | None  # the window it synced (start, end, source), as its summary reports it
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def _dag_sync_tasks(session: Session, dag_id: str, task_ids: list[str], runs_per
                 state=None if state is None else str(state),
                 map_index=map_index,
                 summary=_counts(summaries.get((task_id, run_id, map_index))),
+                window=_window(summaries.get((task_id, run_id, map_index))),
             )
             for tid, run_id, map_index, state in sorted(instances, key=lambda i: (order[i[1]], i[2]))
             if tid == task_id
@@ -125,6 +127,11 @@ def _counts(summary: Any) -> dict[str, Any] | None:
     if not isinstance(summary, dict):
         return None
     return {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None}
+
+
+def _window(summary: Any) -> dict[str, str] | None:
+    window = summary.get("window") if isinstance(summary, dict) else None
+    return window if isinstance(window, dict) else None
 
 
 def _ledger_location(fields: dict[str, Any] | None) -> tuple[str | None, str | None]:

@@ -82,10 +82,7 @@ with DAG(
         sql_conn_id={warehouse!r},
         sql="""SELECT order_id, customer_name, phone, email AS email_id, city, updated_at AS _version
                FROM erp_orders WHERE updated_at >= :start AND updated_at < :end""",
-        parameters={{
-            "start": "{{{{ data_interval_start.strftime('%Y-%m-%d %H:%M:%S') }}}}",
-            "end": "{{{{ data_interval_end.strftime('%Y-%m-%d %H:%M:%S') }}}}",
-        }},
+        window_parameters=("start", "end"),
         version_column="_version",
         max_failed_ratio=1.0,  # the refused order is this test's subject, not a reason to fail the run
         **{ledger!r},
@@ -415,6 +412,10 @@ def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summa
         for field in ("rows_read", "to_send", "succeeded", "failed", "invalid", "retried", "requests"):
             assert row[field] == str(summary[field]), (run_id, field)
         assert row["orders_per_second"] == str(summary["orders_per_second"])
+        window = summary["window"]  # the hour the run synced
+        assert row["window"].startswith(
+            f"{window['start'][:16].replace('T', ' ')} – {window['end'][:16].replace('T', ' ')}"
+        )
         ((state,),) = deployment.metadata(
             "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ?", (SALES_DAG, run_id)
         )
