@@ -1,47 +1,72 @@
-"""Stream rows out of any common-sql connection, in chunks, with bound parameters."""
+"""Stream rows out of any common-sql connection, in chunks, with bound parameters.
+
+What differs between drivers is handled here, from the connection's own driver: the placeholder
+spelling (PEP 249 ``paramstyle``), and how to read a large result without holding it in memory
+(PostgreSQL named cursors, MySQL/MariaDB unbuffered cursors, DuckDB's chunked fetch, a SQLite snapshot).
+"""
 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, suppress
 from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
+from kapture_provider.sync.dialect import driver_name, driver_paramstyle
+
 Parameters = Mapping[str, Any] | Sequence[Any] | None
 
+#: How a named parameter is written for each ``paramstyle`` (``dollar``: DuckDB's ``$name``).
+_MARKERS = {
+    "named": ":{name}",
+    "pyformat": "%({name})s",
+    "format": "%s",
+    "qmark": "?",
+    "numeric": ":{position}",
+    "dollar": "${name}",
+}
+_POSITIONAL = {"format", "qmark", "numeric"}
+_PERCENT_STYLES = {"format", "pyformat"}
+#: MySQL/MariaDB abort an unbuffered read whose client has not fetched for ``net_write_timeout``
+#: seconds (default 60); a slow Kapture can hold the next fetch back longer than that.
+_MYSQL_STREAM_TIMEOUT_S = 3600
 
-def driver_name(conn: Any) -> str:
-    """The DB-API module behind a connection: ``sqlite3``, ``psycopg``, ``psycopg2``…"""
-    return type(conn).__module__.split(".")[0]
 
+def bind_parameters(sql: str, parameters: Parameters, paramstyle: str) -> tuple[str, Parameters]:
+    """Rewrite named placeholders into the driver's ``paramstyle``, so one query runs on every driver.
 
-def driver_paramstyle(conn: Any) -> str:
-    """The DB-API ``paramstyle`` of the module behind a connection (``qmark``, ``pyformat``…)."""
-    return getattr(sys.modules.get(driver_name(conn)), "paramstyle", "qmark")
-
-
-def adapt_named_placeholders(sql: str, parameters: Parameters, paramstyle: str) -> str:
-    """Let one query run on every driver: named parameters may be written ``:name`` or ``%(name)s``.
-
-    Only the names present in ``parameters`` are rewritten, into the style the driver binds; values
-    are never formatted into the SQL.
+    A query names its parameters ``:name`` or ``%(name)s``. Written with ``%(name)s`` it follows
+    pyformat's rule that a literal ``%`` is written ``%%``; written with ``:name`` a ``%`` is always
+    literal. Only names present in ``parameters`` are rewritten; values are bound by the driver,
+    never formatted into the SQL. Positional styles get the values as a list, in order of use.
     """
     if not isinstance(parameters, Mapping) or not parameters:
-        return sql
-    names = "|".join(re.escape(str(k)) for k in sorted(parameters, key=len, reverse=True))
-    if paramstyle in ("pyformat", "format"):
-        return re.sub(rf"(?<![:\w]):({names})\b", r"%(\1)s", sql)
-    if paramstyle in ("named", "qmark", "numeric"):  # sqlite3 binds :name whatever its paramstyle says
-        return re.sub(rf"%\(({names})\)s", r":\1", sql)
-    return sql
+        return sql, parameters
+    names = "|".join(re.escape(str(k)) for k in sorted(parameters, key=lambda k: len(str(k)), reverse=True))
+    pattern = re.compile(rf"(?<![:\w]):(?P<colon>{names})\b|%\((?P<pyformat>{names})\)s|(?P<percent>%%?)")
+    pyformat_rules = re.search(rf"%\(({names})\)s", sql) is not None
+    marker = _MARKERS[paramstyle] if paramstyle in _MARKERS else _MARKERS["qmark"]
+    positional: list[Any] = []
+    used: dict[str, Any] = {}
 
+    def replace(match: re.Match[str]) -> str:
+        percent = match.group("percent")
+        if percent is not None:
+            if paramstyle in _PERCENT_STYLES:
+                return percent if pyformat_rules else percent * 2
+            return "%" if pyformat_rules and percent == "%%" else percent
+        name = match.group("colon") or match.group("pyformat")
+        key = next(k for k in parameters if str(k) == name)
+        positional.append(parameters[key])
+        used[name] = parameters[key]
+        return marker.format(name=name, position=len(positional))
 
-def quote_identifier(name: str) -> str:
-    """Double-quote a column name (dotted aliases like ``order_info.order_id`` need it)."""
-    return '"' + name.replace('"', '""') + '"'
+    rewritten = pattern.sub(replace, sql)
+    if not used:
+        return sql, parameters
+    return rewritten, positional if paramstyle in _POSITIONAL or paramstyle not in _MARKERS else used
 
 
 def strip_sql(sql: str) -> str:
@@ -51,7 +76,7 @@ def strip_sql(sql: str) -> str:
 def _execute(cur: Any, sql: str, parameters: Parameters) -> None:
     """Run ``sql``; without parameters none are passed, so a literal ``%`` (``LIKE 'P%'``) is no placeholder.
 
-    psycopg and psycopg2 parse the query for placeholders whenever parameters are given, even empty ones.
+    psycopg, psycopg2 and MySQLdb parse the query for placeholders whenever parameters are given, even empty ones.
     """
     if parameters:
         cur.execute(sql, parameters)
@@ -64,20 +89,15 @@ def describe(hook: DbApiHook, sql: str, parameters: Parameters) -> list[str]:
     conn = hook.get_conn()
     try:
         with closing(conn.cursor()) as cur:
-            query = adapt_named_placeholders(sql, parameters, driver_paramstyle(conn))
-            _execute(cur, f"SELECT * FROM ({query}) kapture_src WHERE 1 = 0", parameters)
-            return [d[0] for d in cur.description]
+            query, bound = bind_parameters(
+                f"SELECT * FROM ({sql}) kapture_src WHERE 1 = 0", parameters, driver_paramstyle(conn)
+            )
+            _execute(cur, query, bound)
+            columns = [d[0] for d in cur.description]
+            cur.fetchall()  # an unbuffered MySQL cursor must be read to the end before it closes
+            return columns
     finally:
         conn.close()
-
-
-def newest_per_order(sql: str, id_column: str, version_column: str) -> str:
-    """Wrap a query so only each order's newest row (by ``version_column``) comes back."""
-    return (
-        f"SELECT * FROM (SELECT kapture_src.*, ROW_NUMBER() OVER (PARTITION BY {quote_identifier(id_column)} "
-        f"ORDER BY {quote_identifier(version_column)} DESC) AS _kapture_rank FROM ({sql}) kapture_src) "
-        "kapture_ranked WHERE _kapture_rank = 1"
-    )
 
 
 def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> str:
@@ -95,7 +115,35 @@ def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> str:
     finally:
         cur.close()
     conn.commit()
-    return "SELECT * FROM temp.kapture_sync_stream"
+    return "SELECT * FROM temp.kapture_sync_stream ORDER BY rowid"
+
+
+def streaming_cursor(conn: Any, chunk_size: int) -> Any:
+    """A cursor that reads a large result a chunk at a time, where the driver has one.
+
+    psycopg and psycopg2: a named (server-side) cursor. MySQLdb and PyMySQL: ``SSCursor``;
+    mysql-connector-python: its default unbuffered cursor (both after raising ``net_write_timeout``
+    for this session). DuckDB fetches its result a chunk at a time anyway; SQLite reads a snapshot
+    (see :func:`_sqlite_snapshot`); any other driver: its default cursor.
+    """
+    driver = driver_name(conn)
+    if driver in ("psycopg", "psycopg2"):
+        cur = conn.cursor(name="kapture_sync_stream")
+        cur.itersize = chunk_size
+        return cur
+    if driver in ("MySQLdb", "pymysql", "mysql"):
+        with closing(conn.cursor()) as setup:
+            setup.execute(f"SET SESSION net_write_timeout = {_MYSQL_STREAM_TIMEOUT_S}")
+        if driver == "MySQLdb":
+            import MySQLdb.cursors
+
+            return conn.cursor(MySQLdb.cursors.SSCursor)
+        if driver == "pymysql":
+            import pymysql.cursors
+
+            return conn.cursor(pymysql.cursors.SSCursor)
+        return conn.cursor(buffered=False)
+    return conn.cursor()
 
 
 def stream_rows(
@@ -103,22 +151,18 @@ def stream_rows(
 ) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
     """Run ``sql`` and return its column names and an iterator of row chunks.
 
-    Uses a server-side (named) cursor where the driver has one (psycopg, psycopg2), so memory stays
-    flat however many rows come back. SQLite reads the result from a copy in a temporary table (see
-    :func:`_sqlite_snapshot`). The connection closes when the iterator is exhausted or closed.
+    Memory stays flat however many rows come back (see :func:`streaming_cursor`). The first chunk is
+    fetched before the column names are read: psycopg2's named cursor describes its result only
+    then. The connection closes when the iterator is exhausted or closed.
     """
     conn = hook.get_conn()
-    query = adapt_named_placeholders(sql, parameters, driver_paramstyle(conn))
     try:
-        cur = conn.cursor(name="kapture_sync_stream")
-        if hasattr(cur, "itersize"):
-            cur.itersize = chunk_size
-    except TypeError:  # no server-side cursors (sqlite3 streams anyway)
-        cur = conn.cursor()
-    try:
+        query, bound = bind_parameters(sql, parameters, driver_paramstyle(conn))
+        cur = streaming_cursor(conn, chunk_size)
         if driver_name(conn) == "sqlite3":
-            query, parameters = _sqlite_snapshot(conn, query, parameters), None
-        _execute(cur, query, parameters)
+            query, bound = _sqlite_snapshot(conn, query, bound), None
+        _execute(cur, query, bound)
+        first = cur.fetchmany(chunk_size)
         columns = [d[0] for d in cur.description]
     except Exception:
         with suppress(Exception):
@@ -127,8 +171,10 @@ def stream_rows(
 
     def chunks() -> Iterator[list[tuple[Any, ...]]]:
         try:
-            while rows := cur.fetchmany(chunk_size):
+            rows = first
+            while rows:
                 yield [tuple(r) for r in rows]
+                rows = cur.fetchmany(chunk_size)
         finally:
             with suppress(Exception):
                 cur.close()

@@ -18,10 +18,12 @@ from kapture_provider.compat import (
 from kapture_provider.exceptions import KaptureAuthError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, MappingError
+from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
-from kapture_provider.sync.ledger import Ledger
+from kapture_provider.sync.ledger import Ledger, LedgerNotSupported
+from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, newest_per_order
 from kapture_provider.sync.run_log import RunLog
-from kapture_provider.sync.source import Parameters, describe, newest_per_order, stream_rows, strip_sql
+from kapture_provider.sync.source import Parameters, describe, stream_rows, strip_sql
 from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
 
 #: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
@@ -39,7 +41,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
 
     :param sql: the query (templated; a ``.sql`` file works). Named parameters may be written
         ``:name`` or ``%(name)s`` on any driver; they are bound by the driver, never formatted in.
-    :param sql_conn_id: any connection whose hook is a common-sql ``DbApiHook`` (SQLite, PostgreSQL…).
+    :param sql_conn_id: any connection whose hook is a common-sql ``DbApiHook`` (SQLite, PostgreSQL,
+        MySQL/MariaDB, DuckDB, Snowflake, BigQuery…).
     :param parameters: query parameters (templated).
     :param window_parameters: names of two query parameters (e.g. ``("start", "end")``) that the operator
         binds to this run's window ``[start, end)`` as UTC text ``YYYY-MM-DD HH:MM:SS``: the ``window_start``/
@@ -47,10 +50,12 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         date) since the last successful sync (see :mod:`kapture_provider.transfers.window`).
     :param kapture_conn_id: the Kapture connection.
     :param version_column: a column whose value orders the changes of one order (a version number or
-        an ``updated_at``). Only each order's newest row in a run is sent, and a row older than what
-        Kapture already has is skipped as ``stale`` (backfills never overwrite newer data).
-    :param ledger_conn_id: where the change ledger lives (default: ``sql_conn_id``).
-    :param ledger_table: the ledger table, created if missing.
+        an ``updated_at``). Only each order's newest row in a run is sent (the rows folded are counted as
+        ``duplicates``), and a row older than what Kapture already has is skipped as ``stale``
+        (backfills never overwrite newer data).
+    :param ledger_conn_id: where the change ledger lives: a SQLite, PostgreSQL, MySQL/MariaDB or DuckDB
+        connection (default: ``sql_conn_id``, which must then be one of those).
+    :param ledger_table: the ledger table (``name`` or ``schema.name``), created if missing.
     :param max_concurrency: requests in flight at once (default 8).
     :param max_requests_per_second: optional ceiling, spread evenly over time across all workers.
     :param chunk_size: rows fetched and compared with the ledger at a time.
@@ -124,8 +129,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         source = _db_hook(self.sql_conn_id)
-        ledger_hook = _db_hook(self.ledger_conn_id) if self.ledger_conn_id else source
-        run_log = RunLog(ledger_hook, self.ledger_table)
+        ledger = self._ledger(source)  # an engine that cannot hold it fails here: nothing read or sent yet
+        run_log = RunLog(ledger.hook, self.ledger_table)
         window = self._window(context, run_log)
         parameters = self._parameters(window)
         self.log.info(
@@ -133,7 +138,6 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             window.describe() if window else "every row the query returns (no window_parameters)",
             parameters,
         )
-        ledger = Ledger(ledger_hook, self.ledger_table)
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
         kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
         if not self.is_dry_run:
@@ -145,23 +149,46 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             dry_run=self.is_dry_run,
             shard=(self.shard_index, self.shard_count),
         )
+        check: NewestRowCheck | None = None
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
-            columns, chunks = stream_rows(source, self._query(source, parameters), parameters, self.chunk_size)
+            sql, id_column = self._query(source, parameters)
+            columns, chunks = stream_rows(source, sql, parameters, self.chunk_size)
+            check = NewestRowCheck(columns, id_column, quote_identifier(source, id_column)) if id_column else None
             summary = engine.run(
-                columns, chunks, timezone=self.timezone, version_column=self.version_column,
-                row_mapper=self.row_mapper,
+                columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
+                version_column=self.version_column, row_mapper=self.row_mapper,
             )  # fmt: skip
-        except (KaptureAuthError, MappingError) as err:
+        except (KaptureAuthError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
         finally:
             ledger.close()
             kapture.close()
+        if check:  # the rows the query returned before each order's newest one was kept
+            summary.rows_read += check.folded
+            summary.duplicates += check.folded
         result = self._report(context, summary, window)
         if window is not None and not self.is_dry_run:
             ti = context["ti"]
             run_log.record(ti.dag_id, ti.task_id, self.shard_index, ti.run_id, window.start, window.end)
         return result
+
+    def _ledger(self, source: DbApiHook) -> Ledger:
+        """The change ledger; a database that cannot hold it fails the task before anything is read or sent."""
+        try:
+            if self.ledger_conn_id:
+                return Ledger(_db_hook(self.ledger_conn_id), self.ledger_table)
+            return Ledger(source, self.ledger_table)
+        except LedgerNotSupported as err:
+            hint = (
+                "point ledger_conn_id at another connection"
+                if self.ledger_conn_id
+                else f"the ledger defaults to the warehouse ({self.sql_conn_id!r}); set ledger_conn_id"
+            )
+            raise AirflowFailException(
+                f"{err}. {hint.capitalize()} to a {LEDGER_DATABASES} database (the team's PostgreSQL, say); "
+                "nothing was read or sent"
+            ) from None
 
     def _window(self, context: Context, run_log: RunLog) -> SyncWindow | None:
         """This run's window, when the query is bound to one (``window_parameters``)."""
@@ -182,23 +209,28 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         start_name, end_name = self.window_parameters
         return {**(self.parameters or {}), start_name: window.start_text, end_name: window.end_text}
 
-    def _query(self, source: DbApiHook, parameters: Parameters) -> str:
-        """The query to stream; with a version column, only each order's newest row comes back."""
+    def _query(self, source: DbApiHook, parameters: Parameters) -> tuple[str, str | None]:
+        """The query to stream, and with a version column the order id column it is de-duplicated by."""
         sql = strip_sql(self.sql)
         if not self.version_column:
-            return sql
+            return sql, None
         columns = describe(source, sql, parameters)
+        if self.version_column not in columns:
+            raise ValueError(f"version_column {self.version_column!r} is not among the query's columns {columns}")
         id_column = next((c for c in columns if c in ("order_id", ORDER_ID_PATH)), None)
-        return newest_per_order(sql, id_column, self.version_column) if id_column else sql
+        if id_column is None:
+            return sql, None  # the mapping reports the missing order id before anything is sent
+        return newest_per_order(source, sql, id_column, self.version_column), id_column
 
     def _report(self, context: Context, summary: SyncSummary, window: SyncWindow | None) -> dict[str, Any]:
         result = {**summary.as_dict(), "window": window.as_dict() if window else None}
         verb = "would send" if self.is_dry_run else "sent"
         self.log.info(
             "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed, %d earlier failures retried), "
-            "%d unchanged, %d stale, %d invalid, %d requests in %.1f s (%.1f orders/s)",
+            "%d unchanged, %d stale, %d invalid, %d duplicates, %d requests in %.1f s (%.1f orders/s)",
             summary.rows_read, verb, summary.to_send, summary.succeeded, summary.failed, summary.retried,
-            summary.unchanged, summary.stale, summary.invalid, summary.requests, summary.duration_seconds,
+            summary.unchanged, summary.stale, summary.invalid, summary.duplicates, summary.requests,
+            summary.duration_seconds,
             summary.orders_per_second,
         )  # fmt: skip
         for problem in (summary.failed_orders + summary.invalid_rows)[:_LOGGED_PROBLEMS]:
