@@ -1,14 +1,26 @@
-"""The change ledger: one row per order id, kept in a SQL database Airflow can reach.
+"""The change ledger: one row per order id, kept in a SQLite, PostgreSQL, MySQL/MariaDB or DuckDB database.
 
 It remembers what was last *delivered* (body hash and version), the outcome of the last attempt
-with its error, and — for an order whose last attempt failed — the encoded body still owed to
-Kapture (``pending_body``), so a later run of any interval can deliver it without re-reading the
-warehouse. That column holds the order's personal data until delivery succeeds; it is cleared then.
-Tested on SQLite (switched to WAL so the warehouse can be read while the ledger is written) and
-PostgreSQL; the SQL is plain ``INSERT … ON CONFLICT`` that both understand.
+with its error, since when an order keeps failing (``failing_since``), and — for an order whose last
+attempt failed — the encoded body still owed to Kapture (``pending_body``), so a later run of any
+interval can deliver it without re-reading the warehouse. That column holds the order's personal
+data until delivery succeeds; it is cleared then.
 
-The sync engine's sending threads record their own results, so one connection serves every thread:
-each method holds the ledger's lock while it uses it.
+The database is recognised once, from the hook's ``dialect_name`` (:mod:`kapture_provider.sync.dialect`);
+any other engine is refused before anything is read or sent. The table is described once
+(:data:`COLUMNS`, and what each outcome writes: :data:`_DELIVERED_WRITES`, :data:`_FAILED_WRITES`);
+each dialect only spells types and upserts. common-sql's ``Dialect.generate_replace_sql`` is not used:
+it can only overwrite every column with the new row's value (``REPLACE INTO`` on MySQL and SQLite even
+deletes the row first), while the ledger counts attempts, keeps ``first_seen_at`` and the first
+``failing_since``, and clears the pending body on delivery; and common-sql has no MySQL or DuckDB dialect.
+
+Order ids are keys compared byte for byte on every engine: on MySQL/MariaDB the key is ``VARBINARY``,
+since every text collation there either ignores case or trailing spaces.
+
+The sync engine's sending threads record their own results, each waiting for its commit before it
+sends again (what bounds the orders resent after a kill). Writes that arrive while one is being
+committed are committed together in the next transaction (group commit), so the cost per order falls
+as concurrency rises, on every engine.
 """
 
 from __future__ import annotations
@@ -19,17 +31,28 @@ import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-from kapture_provider.sync.source import driver_name
+from kapture_provider.sync.dialect import (
+    DUCKDB,
+    LEDGER_DATABASES,
+    LEDGER_DRIVERS,
+    MYSQL,
+    POSTGRES,
+    SQLITE,
+    driver_name,
+    engine_of,
+)
 
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LOOKUP_BATCH = 500
+_ROWS_PER_STATEMENT = 200
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -112,6 +135,246 @@ class PendingOrder:
     version: str | None
 
 
+class LedgerNotSupported(ValueError):
+    """The ledger's connection is not a database the ledger can live in."""
+
+
+# -- the table, described once -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """A ledger column; ``kind`` is spelled per dialect (:attr:`LedgerDialect.types`)."""
+
+    name: str
+    kind: str  # key | status | hash | version | text | count | time
+    required: bool = False  # NOT NULL (a column added to an existing ledger must not be)
+
+
+COLUMNS = (
+    Column("order_id", "key", required=True),
+    Column("status", "status", required=True),
+    Column("body_hash", "hash"),
+    Column("version", "version"),
+    Column("pending_body", "text"),
+    Column("pending_hash", "hash"),
+    Column("pending_version", "version"),
+    Column("last_error", "text"),
+    Column("attempts", "count", required=True),
+    Column("first_seen_at", "time", required=True),
+    Column("last_attempt_at", "time", required=True),
+    Column("delivered_at", "time"),
+    Column("failing_since", "time"),  # the first failed attempt since the last delivery
+)
+
+#: How an outcome changes a known order's columns (columns not named keep their value).
+NEW, CLEAR, INCREMENT, KEEP_FIRST = "new", "clear", "increment", "keep first"
+_DELIVERED_WRITES = {
+    "status": NEW, "body_hash": NEW, "version": NEW, "pending_body": CLEAR, "pending_hash": CLEAR,
+    "pending_version": CLEAR, "last_error": CLEAR, "attempts": INCREMENT, "last_attempt_at": NEW,
+    "delivered_at": NEW, "failing_since": CLEAR,
+}  # fmt: skip
+_FAILED_WRITES = {
+    "status": NEW, "pending_body": NEW, "pending_hash": NEW, "pending_version": NEW, "last_error": NEW,
+    "attempts": INCREMENT, "last_attempt_at": NEW, "failing_since": KEEP_FIRST,
+}  # fmt: skip
+
+
+def _row_of(outcome: Outcome, now: str) -> tuple[bool, dict[str, Any]]:
+    """The columns an outcome inserts for a new order (whether it was delivered, and the values)."""
+    if outcome.status == DELIVERED:
+        return True, {
+            "order_id": outcome.order_id, "status": DELIVERED, "body_hash": outcome.body_hash,
+            "version": outcome.version, "attempts": 1, "first_seen_at": now, "last_attempt_at": now,
+            "delivered_at": now,
+        }  # fmt: skip
+    body = outcome.body.decode("utf-8") if outcome.body is not None else None
+    return False, {
+        "order_id": outcome.order_id, "status": outcome.status, "pending_body": body,
+        "pending_hash": outcome.body_hash, "pending_version": outcome.version, "last_error": outcome.error,
+        "attempts": 1, "first_seen_at": now, "last_attempt_at": now, "failing_since": now,
+    }  # fmt: skip
+
+
+# -- dialects: types and upsert spelling -----------------------------------------------------------
+class LedgerDialect:
+    """SQLite, PostgreSQL and DuckDB: ``INSERT … ON CONFLICT (order_id) DO UPDATE``."""
+
+    engine: ClassVar[str]
+    placeholder: ClassVar[str] = "%s"
+    #: the driver runs each statement in its own transaction unless told ``BEGIN``
+    autocommit: ClassVar[bool] = False
+    status_index: ClassVar[bool] = True
+    types: ClassVar[dict[str, str]] = {
+        "key": "VARCHAR(255)", "status": "VARCHAR(16)", "hash": "VARCHAR(64)", "version": "VARCHAR(255)",
+        "text": "TEXT", "count": "INTEGER", "time": "VARCHAR(32)",
+    }  # fmt: skip
+    table_options: ClassVar[str] = ""
+    _ALIAS = "kapture_ledger"
+
+    def column_sql(self, column: Column) -> str:
+        sql = f"{column.name} {self.types[column.kind]}"
+        if column.kind == "count":
+            sql += " DEFAULT 0"
+        if column.required:
+            sql += " NOT NULL"
+        return sql + (" PRIMARY KEY" if column.kind == "key" else "")
+
+    def create_table(self, table: str) -> list[str]:
+        body = ",\n    ".join(self.column_sql(c) for c in COLUMNS)
+        statements = [f"CREATE TABLE IF NOT EXISTS {table} (\n    {body}\n){self.table_options}"]
+        if self.status_index:
+            schema, _, name = table.rpartition(".")
+            statements.append(self.index_sql(schema, name))
+        return statements
+
+    def index_sql(self, schema: str, name: str) -> str:
+        table = f"{schema}.{name}" if schema else name
+        return f"CREATE INDEX IF NOT EXISTS {name}_status_idx ON {table} (status, last_attempt_at)"
+
+    def add_column(self, table: str, column: Column) -> str:
+        return f"ALTER TABLE {table} ADD COLUMN {self.column_sql(column)}"
+
+    def migrate(self, cur: Any, table: str) -> None:
+        """Bring an existing table's column types up to date (beyond adding missing columns)."""
+
+    def upsert(self, table: str, columns: Sequence[str], rows: int, writes: dict[str, str]) -> str:
+        values = ", ".join(["(" + ", ".join([self.placeholder] * len(columns)) + ")"] * rows)
+        sets = ", ".join(f"{name} = {self.expression(name, how)}" for name, how in writes.items())
+        return (
+            f"INSERT INTO {table} AS {self._ALIAS} ({', '.join(columns)}) VALUES {values} "
+            f"ON CONFLICT (order_id) DO UPDATE SET {sets}"
+        )
+
+    def expression(self, name: str, how: str) -> str:
+        return {
+            NEW: f"excluded.{name}",
+            CLEAR: "NULL",
+            INCREMENT: f"{self._ALIAS}.{name} + 1",
+            KEEP_FIRST: f"COALESCE({self._ALIAS}.{name}, excluded.{name})",
+        }[how]
+
+    def connect(self, hook: DbApiHook) -> Any:
+        return hook.get_conn()
+
+    @staticmethod
+    def text(value: Any) -> Any:
+        """A value read back from the table (a binary key as text)."""
+        return bytes(value).decode("utf-8") if isinstance(value, bytes | bytearray | memoryview) else value
+
+
+class SqliteLedger(LedgerDialect):
+    engine = SQLITE
+    placeholder = "?"
+    autocommit = True
+
+    def index_sql(self, schema: str, name: str) -> str:  # SQLite names the index's schema, not the table's
+        index = f"{schema}.{name}_status_idx" if schema else f"{name}_status_idx"
+        return f"CREATE INDEX IF NOT EXISTS {index} ON {name} (status, last_attempt_at)"
+
+    def connect(self, hook: DbApiHook) -> Any:
+        """Reopened so that other threads may use it, in WAL mode without an fsync per commit, in autocommit.
+
+        WAL lets the warehouse be read while the ledger is written; an OS crash may undo the last
+        commits (those orders are sent again; nothing is corrupted).
+        """
+        conn = hook.get_conn()
+        path = conn.execute("PRAGMA database_list").fetchone()[2]
+        conn.close()
+        if not path:
+            raise ValueError("the ledger needs a SQLite database file: an in-memory database is gone after the task")
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # one thread at a time: the lock
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+
+class PostgresLedger(LedgerDialect):
+    engine = POSTGRES
+
+    def connect(self, hook: DbApiHook) -> Any:
+        """``synchronous_commit`` off for this session: a server crash may forget the last fraction of a
+        second of commits (those orders are sent again); nothing is corrupted."""
+        conn = hook.get_conn()
+        with closing(conn.cursor()) as cur:
+            cur.execute("SET synchronous_commit TO OFF")
+        conn.commit()
+        return conn
+
+
+class DuckDbLedger(LedgerDialect):
+    engine = DUCKDB
+    placeholder = "?"
+    autocommit = True
+    status_index = False  # a column scan is fast, and DuckDB updates an indexed column as delete + insert
+
+
+class MySqlLedger(LedgerDialect):
+    """MySQL and MariaDB: ``INSERT … ON DUPLICATE KEY UPDATE`` (``VALUES()``: MariaDB has no row alias)."""
+
+    engine = MYSQL
+    types = {**LedgerDialect.types, "key": "VARBINARY(1020)", "text": "MEDIUMTEXT"}  # 255 characters in UTF-8
+    status_index = False  # declared in the table: MySQL has no CREATE INDEX IF NOT EXISTS
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+    def create_table(self, table: str) -> list[str]:
+        index = "INDEX kapture_status_idx (status, last_attempt_at)"
+        body = ",\n    ".join([*(self.column_sql(c) for c in COLUMNS), index])
+        return [f"CREATE TABLE IF NOT EXISTS {table} (\n    {body}\n){self.table_options}"]
+
+    def migrate(self, cur: Any, table: str) -> None:
+        """A ledger created before 0.2 has a case-insensitive text key and 64 kB texts: make them exact and large."""
+        schema, _, name = table.rpartition(".")
+        cur.execute(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(%s, DATABASE()) "
+            "AND TABLE_NAME = %s AND COLUMN_NAME = 'order_id'",
+            (schema or None, name),
+        )
+        found = cur.fetchall()
+        if found and self.text(found[0][0]).lower() != "varbinary":
+            exact = [c for c in COLUMNS if c.kind in ("key", "text")]
+            changes = [f"MODIFY {self.column_sql(c).replace(' PRIMARY KEY', '')}" for c in exact]
+            cur.execute(f"ALTER TABLE {table} {', '.join(changes)}")
+
+    def upsert(self, table: str, columns: Sequence[str], rows: int, writes: dict[str, str]) -> str:
+        values = ", ".join(["(" + ", ".join([self.placeholder] * len(columns)) + ")"] * rows)
+        sets = ", ".join(f"{name} = {self.expression(name, how)}" for name, how in writes.items())
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON DUPLICATE KEY UPDATE {sets}"
+
+    def expression(self, name: str, how: str) -> str:
+        return {
+            NEW: f"VALUES({name})",
+            CLEAR: "NULL",
+            INCREMENT: f"{name} + 1",
+            KEEP_FIRST: f"COALESCE({name}, VALUES({name}))",
+        }[how]
+
+    def connect(self, hook: DbApiHook) -> Any:
+        conn = hook.get_conn()
+        with closing(conn.cursor()) as cur:  # never autocommit: a batch of results is one transaction
+            cur.execute("SET SESSION autocommit = 0")
+        return conn
+
+
+_DIALECTS: dict[str, type[LedgerDialect]] = {
+    d.engine: d for d in (SqliteLedger, PostgresLedger, MySqlLedger, DuckDbLedger)
+}
+
+
+def ledger_dialect(hook: DbApiHook) -> LedgerDialect:
+    """The ledger dialect of ``hook``'s database; :class:`LedgerNotSupported` for any other engine.
+
+    Decided from the hook alone: nothing is connected to, read or sent before.
+    """
+    engine = engine_of(hook)
+    if engine not in _DIALECTS:
+        raise LedgerNotSupported(
+            f"the change ledger cannot be kept in a {engine!r} database (connection {hook.get_conn_id()!r}); "
+            f"it needs {LEDGER_DATABASES}"
+        )
+    return _DIALECTS[engine]()
+
+
+# -- the ledger ----------------------------------------------------------------------------------
 def _serialized(method: _Method) -> _Method:
     """Run a :class:`Ledger` method holding the ledger's lock: its one connection serves every thread."""
 
@@ -123,140 +386,195 @@ def _serialized(method: _Method) -> _Method:
     return cast(_Method, locked)
 
 
+@dataclass
+class _Write:
+    """One :meth:`Ledger.record` call waiting for the commit that includes it."""
+
+    rows: list[tuple[bool, dict[str, Any]]]
+    done: bool = False
+    error: BaseException | None = None
+
+
+@dataclass
+class _GroupCommit:
+    """Writes queued while another thread commits, committed together by the next thread to write."""
+
+    queued: list[_Write] = field(default_factory=list)
+    writing: bool = False
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+
 class Ledger:
-    """Reads and writes the ledger table through a common-sql ``DbApiHook``; safe to share between threads."""
+    """Reads and writes the ledger table through a common-sql ``DbApiHook``; safe to share between threads.
+
+    :param hook: the ledger database's hook (SQLite, PostgreSQL, MySQL/MariaDB or DuckDB).
+    :param table: the table, ``name`` or ``schema.name``; created if missing.
+    :raises LedgerNotSupported: the hook's database cannot hold the ledger (decided without connecting).
+    """
 
     def __init__(self, hook: DbApiHook, table: str = "kapture_order_sync_ledger"):
-        if not _IDENTIFIER.match(table):
-            raise ValueError(f"ledger table name {table!r} must be a plain SQL identifier")
+        if not all(_NAME.match(part) for part in table.split(".")) or table.count(".") > 1:
+            raise ValueError(f"ledger table name {table!r} must be a plain SQL identifier, or schema.identifier")
+        self.dialect = ledger_dialect(hook)
         self.hook = hook
         self.table = table
         self._conn: Any = None
-        self._p = hook.placeholder
         self._lock = threading.RLock()  # one thread at a time on the connection
+        self._group = _GroupCommit()
+        self._statements: dict[tuple[bool, tuple[str, ...], int], str] = {}
 
     @property
     def conn(self) -> Any:
         """The ledger's own connection (SQLite: switched to WAL, so open it before reading the warehouse)."""
         with self._lock:
             if self._conn is None:
-                self._conn = _connect(self.hook)
+                conn = self.dialect.connect(self.hook)
+                if driver_name(conn) not in LEDGER_DRIVERS[self.dialect.engine]:
+                    conn.close()
+                    raise LedgerNotSupported(
+                        f"the change ledger cannot be kept through the {driver_name(conn)!r} driver of connection "
+                        f"{self.hook.get_conn_id()!r}; it needs {LEDGER_DATABASES}"
+                    )
+                self._conn = conn
             return self._conn
+
+    def _rollback(self) -> None:
+        with suppress(Exception):  # DuckDB refuses a rollback outside a transaction
+            self.conn.rollback()
 
     @_serialized
     def exists(self) -> bool:
         """Whether the ledger table is there (dry runs never create it)."""
+        return self._columns() is not None
+
+    def _columns(self) -> set[str] | None:
         cur = self.conn.cursor()
         try:
-            cur.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")
-            return True
+            cur.execute(f"SELECT * FROM {self.table} WHERE 1 = 0")
+            names = {str(d[0]).lower() for d in cur.description}
+            cur.fetchall()
+            return names
         except Exception:
-            self.conn.rollback()
-            return False
+            self._rollback()
+            return None
         finally:
             cur.close()
 
     @_serialized
     def create(self) -> None:
-        """Create the table and its status index if missing.
+        """Create the table and its status index if missing, or bring an older one up to date.
 
         Safe when several shards start at once: PostgreSQL's ``CREATE … IF NOT EXISTS`` is not atomic, so
-        the sessions racing the one that creates the table fail ("already exists") as soon as it commits
-        the table and its index; they roll back and find both there.
+        the sessions racing the one that creates the table (or adds a column) fail ("already exists") as
+        soon as it commits; they roll back and find everything there.
         """
         try:
             self._create_objects()
         except Exception:
-            self.conn.rollback()
+            self._rollback()
             if not self.exists():
                 raise
             self._create_objects()  # a no-op now, run so that a real error is not hidden
 
     def _create_objects(self) -> None:
-        cur = self.conn.cursor()
-        cur.execute(
-            f"""CREATE TABLE IF NOT EXISTS {self.table} (
-                order_id VARCHAR(255) NOT NULL PRIMARY KEY,
-                status VARCHAR(16) NOT NULL,
-                body_hash VARCHAR(64),
-                version VARCHAR(255),
-                pending_body TEXT,
-                pending_hash VARCHAR(64),
-                pending_version VARCHAR(255),
-                last_error TEXT,
-                attempts INTEGER NOT NULL DEFAULT 0,
-                first_seen_at VARCHAR(32) NOT NULL,
-                last_attempt_at VARCHAR(32) NOT NULL,
-                delivered_at VARCHAR(32)
-            )"""
-        )
-        cur.execute(f"CREATE INDEX IF NOT EXISTS {self.table}_status_idx ON {self.table} (status, last_attempt_at)")
-        cur.close()
+        with closing(self.conn.cursor()) as cur:
+            for statement in self.dialect.create_table(self.table):
+                cur.execute(statement)
+        self.conn.commit()
+        present = self._columns() or set()
+        with closing(self.conn.cursor()) as cur:
+            for column in COLUMNS:
+                if column.name not in present:
+                    cur.execute(self.dialect.add_column(self.table, column))
+            self.dialect.migrate(cur, self.table)
         self.conn.commit()
 
     @_serialized
     def lookup(self, order_ids: Sequence[str]) -> dict[str, LedgerEntry]:
         """The ledger entries of these order ids (missing ids are new orders)."""
         found: dict[str, LedgerEntry] = {}
-        cur = self.conn.cursor()
+        text = self.dialect.text
         unique = list(dict.fromkeys(order_ids))
-        for start in range(0, len(unique), _LOOKUP_BATCH):
-            batch = unique[start : start + _LOOKUP_BATCH]
-            marks = ", ".join([self._p] * len(batch))
-            cur.execute(
-                f"SELECT order_id, status, body_hash, version, pending_hash, pending_version "
-                f"FROM {self.table} WHERE order_id IN ({marks})",
-                batch,
-            )
-            for row in cur.fetchall():
-                found[row[0]] = LedgerEntry(*row)
-        cur.close()
+        with closing(self.conn.cursor()) as cur:
+            for start in range(0, len(unique), _LOOKUP_BATCH):
+                batch = unique[start : start + _LOOKUP_BATCH]
+                marks = ", ".join([self.dialect.placeholder] * len(batch))
+                cur.execute(
+                    f"SELECT order_id, status, body_hash, version, pending_hash, pending_version "
+                    f"FROM {self.table} WHERE order_id IN ({marks})",
+                    batch,
+                )
+                for row in cur.fetchall():
+                    entry = LedgerEntry(*(text(v) for v in row))
+                    found[entry.order_id] = entry
+        if not self.dialect.autocommit:
+            self.conn.commit()  # end the read: MySQL would otherwise keep reading this snapshot
         return found
 
-    @_serialized
     def record(self, outcomes: Iterable[Outcome], now: str) -> None:
-        """Write a batch of outcomes in one transaction and commit it."""
-        delivered, failed = [], []
-        for o in outcomes:
-            if o.status == DELIVERED:
-                delivered.append((o.order_id, DELIVERED, o.body_hash, o.version, now, now, now))
-            else:
-                body = o.body.decode("utf-8") if o.body is not None else None
-                failed.append((o.order_id, o.status, body, o.body_hash, o.version, o.error, now, now))
-        p, t = self._p, self.table
+        """Write outcomes and return once they are committed (with any others queued meanwhile)."""
+        write = _Write([_row_of(o, now) for o in outcomes])
+        if not write.rows:
+            return
+        group = self._group
+        with group.changed:
+            group.queued.append(write)
+            while not write.done:
+                if group.writing:
+                    group.changed.wait()
+                    continue
+                batch, group.queued, group.writing = group.queued, [], True
+                error: BaseException | None = None
+                group.changed.release()
+                try:
+                    self._write([row for w in batch for row in w.rows])
+                except BaseException as err:
+                    error = err
+                finally:
+                    group.changed.acquire()
+                    for queued in batch:
+                        queued.done, queued.error = True, error
+                    group.writing = False
+                    group.changed.notify_all()
+        if write.error is not None:
+            raise write.error
+
+    @_serialized
+    def _write(self, rows: Sequence[tuple[bool, dict[str, Any]]]) -> None:
+        """Upsert ``rows`` in one transaction: each statement holds at most one row per order.
+
+        A driver in autocommit mode is told ``BEGIN`` and ``COMMIT`` through the same cursor: a DuckDB
+        cursor is a connection of its own, whose transaction the connection's ``commit()`` would not end.
+        """
+        statements = list(_statements(rows))
+        explicit = self.dialect.autocommit and len(statements) > 1
         cur = self.conn.cursor()
         try:
-            explicit = _is_sqlite(self.conn) and len(delivered) + len(failed) > 1
-            if explicit:  # SQLite runs in autocommit mode: a lone statement commits itself
+            if explicit:
                 cur.execute("BEGIN")
-            if delivered:
-                cur.executemany(
-                    f"INSERT INTO {t} (order_id, status, body_hash, version, attempts, first_seen_at, last_attempt_at, "
-                    f"delivered_at) VALUES ({p}, {p}, {p}, {p}, 1, {p}, {p}, {p}) "
-                    "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, body_hash = excluded.body_hash, "
-                    "version = excluded.version, pending_body = NULL, pending_hash = NULL, pending_version = NULL, "
-                    f"last_error = NULL, attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at, "
-                    "delivered_at = excluded.delivered_at",
-                    delivered,
-                )
-            if failed:
-                cur.executemany(
-                    f"INSERT INTO {t} (order_id, status, pending_body, pending_hash, pending_version, last_error, "
-                    f"attempts, first_seen_at, last_attempt_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, 1, {p}, {p}) "
-                    "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, "
-                    "pending_body = excluded.pending_body, pending_hash = excluded.pending_hash, "
-                    "pending_version = excluded.pending_version, last_error = excluded.last_error, "
-                    f"attempts = {t}.attempts + 1, last_attempt_at = excluded.last_attempt_at",
-                    failed,
-                )
+            for delivered, chunk in statements:
+                columns = tuple(chunk[0])
+                cur.execute(self._upsert(delivered, columns, len(chunk)), [row[c] for row in chunk for c in columns])
             if explicit:
                 cur.execute("COMMIT")
+            else:
+                self.conn.commit()
         except BaseException:
-            self.conn.rollback()  # leave no transaction open on the shared connection
+            if explicit:
+                with suppress(Exception):
+                    cur.execute("ROLLBACK")
+            self._rollback()  # leave no transaction open on the shared connection
             raise
         finally:
             cur.close()
-        self.conn.commit()
+
+    def _upsert(self, delivered: bool, columns: tuple[str, ...], rows: int) -> str:
+        """The upsert statement for ``rows`` outcomes of one kind, built once per shape."""
+        shape = (delivered, columns, rows)
+        if shape not in self._statements:
+            writes = _DELIVERED_WRITES if delivered else _FAILED_WRITES
+            self._statements[shape] = self.dialect.upsert(self.table, columns, rows, writes)
+        return self._statements[shape]
 
     def pending(self, attempted_before: str, batch_size: int = 1000) -> Iterator[PendingOrder]:
         """Orders whose last attempt failed before ``attempted_before`` and that still owe a body."""
@@ -271,17 +589,18 @@ class Ledger:
 
     @_serialized
     def _pending_batch(self, attempted_before: str, after: str, batch_size: int) -> list[tuple[Any, ...]]:
-        p = self._p
-        cur = self.conn.cursor()
-        cur.execute(
-            f"SELECT order_id, pending_body, pending_hash, pending_version FROM {self.table} "
-            f"WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL AND order_id > {p} "
-            f"ORDER BY order_id LIMIT {int(batch_size)}",
-            (FAILED, attempted_before, after),
-        )
-        rows = cur.fetchall()
-        cur.close()
-        return list(rows)
+        p = self.dialect.placeholder
+        with closing(self.conn.cursor()) as cur:
+            cur.execute(
+                f"SELECT order_id, pending_body, pending_hash, pending_version FROM {self.table} "
+                f"WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL AND order_id > {p} "
+                f"ORDER BY order_id LIMIT {int(batch_size)}",
+                (FAILED, attempted_before, after),
+            )
+            rows = [tuple(self.dialect.text(v) for v in row) for row in cur.fetchall()]
+        if not self.dialect.autocommit:
+            self.conn.commit()
+        return rows
 
     @_serialized
     def close(self) -> None:
@@ -290,33 +609,20 @@ class Ledger:
             self._conn = None
 
 
-def _connect(hook: DbApiHook) -> Any:
-    """A connection from ``hook``, set up for the sending threads to record each result as it comes.
+def _statements(rows: Sequence[tuple[bool, dict[str, Any]]]) -> Iterator[tuple[bool, list[dict[str, Any]]]]:
+    """Consecutive rows of one kind, up to :data:`_ROWS_PER_STATEMENT`, with no order id twice.
 
-    Commits must be quick, since each thread records its result before it sends the next request.
-    PostgreSQL: ``synchronous_commit`` off for this session (a server crash may forget the last
-    fraction of a second of commits, whose orders are then sent again; nothing is corrupted). SQLite:
-    reopened so that other threads may use it, in WAL mode without an fsync per commit (an OS crash
-    may likewise undo the last commits), and in autocommit mode so that a lone result is one statement.
+    An upsert may not change one row twice (PostgreSQL and DuckDB refuse it); a later outcome of the
+    same order goes into the next statement, so the last one wins.
     """
-    conn = hook.get_conn()
-    if driver_name(conn) in ("psycopg", "psycopg2"):
-        cur = conn.cursor()
-        cur.execute("SET synchronous_commit TO OFF")
-        cur.close()
-        conn.commit()
-    if not _is_sqlite(conn):
-        return conn
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
-    conn.close()
-    if not path:
-        raise ValueError("the ledger needs a SQLite database file: an in-memory database is gone after the task")
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)  # one thread at a time: the lock
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
-def _is_sqlite(conn: Any) -> bool:
-    return driver_name(conn) == "sqlite3"
+    chunk: list[dict[str, Any]] = []
+    kind, ids = True, set[str]()
+    for delivered, values in rows:
+        if chunk and (delivered != kind or values["order_id"] in ids or len(chunk) >= _ROWS_PER_STATEMENT):
+            yield kind, chunk
+            chunk, ids = [], set()
+        kind = delivered
+        chunk.append(values)
+        ids.add(values["order_id"])
+    if chunk:
+        yield kind, chunk
