@@ -9,7 +9,10 @@ Schema (one row per order, its current state; ``updated_at`` in UTC)::
     CREATE INDEX erp_orders_updated_at ON erp_orders (updated_at)
 
 Run ``python -m kapture_provider.testing.warehouse --db erp.db --orders 3000`` to create a SQLite
-warehouse; :func:`insert_orders` fills any DB-API connection (PostgreSQL in the tests).
+warehouse, or ``--url mysql://root@127.0.0.1:3306/erp`` (also ``postgresql://…``, ``duckdb:///erp.duckdb``)
+for another database; :func:`insert_orders` fills a connection of any of those drivers. On MySQL and
+MariaDB ``updated_at`` is a ``DATETIME``: their ``TIMESTAMP`` converts time zones and, on MariaDB, sets
+itself to the current time whenever the row is updated.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ import datetime as dt
 import random
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from decimal import Decimal
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from kapture_provider.sync.dialect import DUCKDB, MYSQL, POSTGRES, SQLITE, driver_name
 
 ERP_ORDERS_DDL = """CREATE TABLE IF NOT EXISTS erp_orders (
     order_id VARCHAR(32) PRIMARY KEY,
@@ -37,6 +44,15 @@ ERP_ORDERS_DDL = """CREATE TABLE IF NOT EXISTS erp_orders (
 )"""
 #: The sync selects by ``updated_at`` range: without this index every run scans the whole table.
 ERP_ORDERS_INDEX_DDL = "CREATE INDEX IF NOT EXISTS erp_orders_updated_at ON erp_orders (updated_at)"
+#: MySQL/MariaDB: ``DATETIME`` (see the module docstring), the index declared with the table (MySQL has no
+#: ``CREATE INDEX IF NOT EXISTS``), and UTF-8 text whatever the server's default.
+MYSQL_ERP_ORDERS_DDL = (
+    ERP_ORDERS_DDL.replace("TIMESTAMP NOT NULL", "DATETIME NOT NULL").replace(
+        "updated_at DATETIME NOT NULL\n)",
+        "updated_at DATETIME NOT NULL,\n    INDEX erp_orders_updated_at (updated_at)\n)",
+    )
+    + " DEFAULT CHARSET=utf8mb4"
+)
 ERP_ORDER_COLUMNS = (
     "order_id", "customer_name", "phone", "email", "city", "invoice_no", "invoice_date",
     "delivery_status", "payment_mode", "total_amount", "updated_at",
@@ -85,30 +101,79 @@ def generate_orders(
         )
 
 
-def insert_orders(conn: Any, rows: Sequence[tuple[Any, ...]], placeholder: str = "?") -> None:
-    """Create ``erp_orders`` if needed and insert (or replace) rows through a DB-API connection."""
-    cur = conn.cursor()
-    cur.execute(ERP_ORDERS_DDL)
-    cur.execute(ERP_ORDERS_INDEX_DDL)
+def engine_of_connection(conn: Any) -> str:
+    """``sqlite``, ``postgresql``, ``mysql`` or ``duckdb``, from a DB-API connection's driver."""
+    driver = driver_name(conn)
+    if driver in ("MySQLdb", "mysql", "pymysql"):
+        return MYSQL
+    if driver in ("psycopg", "psycopg2"):
+        return POSTGRES
+    return DUCKDB if driver in ("duckdb", "_duckdb") else SQLITE
+
+
+def erp_orders_ddl(engine: str) -> list[str]:
+    """The statements that create ``erp_orders`` and its index on ``engine``, if missing."""
+    return [MYSQL_ERP_ORDERS_DDL] if engine == MYSQL else [ERP_ORDERS_DDL, ERP_ORDERS_INDEX_DDL]
+
+
+def insert_orders(conn: Any, rows: Sequence[tuple[Any, ...]], placeholder: str | None = None) -> None:
+    """Create ``erp_orders`` if needed and insert (or replace) rows through a DB-API connection.
+
+    Works on SQLite, PostgreSQL, MySQL/MariaDB and DuckDB connections (``placeholder`` is derived from
+    the driver when not given).
+    """
+    engine = engine_of_connection(conn)
+    placeholder = placeholder or ("%s" if engine in (MYSQL, POSTGRES) else "?")
     marks = ", ".join([placeholder] * len(ERP_ORDER_COLUMNS))
-    updates = ", ".join(f"{c} = excluded.{c}" for c in ERP_ORDER_COLUMNS[1:])
-    cur.executemany(
-        f"INSERT INTO erp_orders ({', '.join(ERP_ORDER_COLUMNS)}) VALUES ({marks}) "
-        f"ON CONFLICT (order_id) DO UPDATE SET {updates}",
-        [_adapt(row, placeholder) for row in rows],
-    )
+    if engine == MYSQL:
+        upsert = "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in ERP_ORDER_COLUMNS[1:])
+    else:
+        upsert = "ON CONFLICT (order_id) DO UPDATE SET " + ", ".join(
+            f"{c} = excluded.{c}" for c in ERP_ORDER_COLUMNS[1:]
+        )
+    with closing(conn.cursor()) as cur:
+        for statement in erp_orders_ddl(engine):
+            cur.execute(statement)
+        cur.executemany(
+            f"INSERT INTO erp_orders ({', '.join(ERP_ORDER_COLUMNS)}) VALUES ({marks}) {upsert}",
+            [_adapt(row, engine) for row in rows],
+        )
     conn.commit()
-    cur.close()
 
 
-def _adapt(row: tuple[Any, ...], placeholder: str) -> tuple[Any, ...]:
+def _adapt(row: tuple[Any, ...], engine: str) -> tuple[Any, ...]:
     # sqlite3 has no Decimal adapter: store amounts as text with NUMERIC affinity (exact digits)
-    return tuple(str(v) if isinstance(v, Decimal) and placeholder == "?" else v for v in row)
+    return tuple(str(v) if isinstance(v, Decimal) and engine == SQLITE else v for v in row)
+
+
+def connect_url(url: str) -> Any:
+    """A DB-API connection from ``sqlite:///path``, ``postgresql://…``, ``mysql://…`` or ``duckdb:///path``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+")[0]
+    database = unquote(parts.path.lstrip("/"))
+    if scheme == SQLITE:
+        return sqlite3.connect(database)
+    if scheme == DUCKDB:
+        import duckdb
+
+        return duckdb.connect(database)
+    host, user, password = parts.hostname or "127.0.0.1", unquote(parts.username or ""), unquote(parts.password or "")
+    if scheme in ("postgresql", "postgres"):
+        import psycopg
+
+        return psycopg.connect(host=host, user=user, password=password, port=parts.port or 5432, dbname=database)
+    if scheme in ("mysql", "mariadb"):
+        import MySQLdb
+
+        return MySQLdb.connect(host=host, user=user, password=password, port=parts.port or 3306, database=database)
+    raise ValueError(f"unsupported database URL scheme {parts.scheme!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Create a SQLite ERP warehouse with example orders.")
-    parser.add_argument("--db", required=True, help="SQLite file to create or extend")
+    parser = argparse.ArgumentParser(description="Create an ERP warehouse with example orders.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--db", help="SQLite file to create or extend")
+    target.add_argument("--url", help="sqlite:///, postgresql://, mysql:// or duckdb:/// database to fill")
     parser.add_argument("--orders", type=int, default=3000)
     parser.add_argument("--invalid", type=int, default=3, help="rows with a missing customer name")
     parser.add_argument("--start", default="2026-11-26T00:00:00", help="first updated_at (UTC)")
@@ -118,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = dt.datetime.fromisoformat(args.start)
     rows = list(generate_orders(args.orders, start, start + dt.timedelta(hours=args.hours),
                                 seed=args.seed, invalid=args.invalid))  # fmt: skip
-    with sqlite3.connect(args.db) as conn:
+    with closing(connect_url(args.url or f"sqlite:///{args.db}")) as conn:
         insert_orders(conn, rows)
-    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {args.db}, {args.hours} h from {start}")
+    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {args.url or args.db}, {args.hours} h from {start}")
 
 
 if __name__ == "__main__":
