@@ -67,40 +67,6 @@ def assert_body_matches_row(body: dict[str, Any], row: tuple[Any, ...]) -> None:
     assert "_version" not in str(body) and "updated_at" not in str(body)
 
 
-def test_interval_boundaries(warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at) -> None:
-    """A row updated exactly at the interval start is delivered; one exactly at the end waits for the next run."""
-    warehouse.insert_orders(
-        [
-            order_row("00000001", utc("2026-11-26T00:59:59")),  # previous interval
-            order_row("00000002", utc("2026-11-26T01:00:00")),  # exactly the start: this interval
-            order_row("00000003", utc("2026-11-26T01:59:59")),  # last second of this interval
-            order_row("00000004", utc("2026-11-26T02:00:00")),  # exactly the end: next interval
-            order_row("00000005", utc("2026-11-26T02:30:00")),  # next interval
-        ]
-    )
-
-    first = run_dag_at(example_dag, DAY + dt.timedelta(hours=2))
-    assert first.state == "success", first.task_states
-    assert (naive(first.data_interval[0]), naive(first.data_interval[1])) == (
-        dt.datetime(2026, 11, 26, 1),
-        dt.datetime(2026, 11, 26, 2),
-    )
-    assert sorted(requests_per_order(kapture_conn).elements()) == ["00000002", "00000003"]
-    summary = first.xcom(TASK_ID)
-    assert (summary["rows_read"], summary["succeeded"], summary["requests"]) == (2, 2, 2)
-
-    second = run_dag_at(example_dag, DAY + dt.timedelta(hours=3))
-    assert second.state == "success", second.task_states
-    assert requests_per_order(kapture_conn) == Counter({"00000002": 1, "00000003": 1, "00000004": 1, "00000005": 1})
-    assert sorted(kapture_conn.orders) == ["00000002", "00000003", "00000004", "00000005"]
-    summary = second.xcom(TASK_ID)
-    assert (summary["rows_read"], summary["succeeded"], summary["requests"]) == (2, 2, 2)
-    ledger = warehouse.ledger()
-    assert {k: v["status"] for k, v in ledger.items()} == dict.fromkeys(
-        ["00000002", "00000003", "00000004", "00000005"], "delivered"
-    )
-
-
 def test_consecutive_intervals_deliver_every_order_once(
     warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag_at
 ) -> None:
