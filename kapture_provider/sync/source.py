@@ -8,7 +8,7 @@ spelling (PEP 249 ``paramstyle``), and how to read a large result without holdin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import closing, suppress
 from typing import Any
 
@@ -148,12 +148,12 @@ def streaming_cursor(conn: Any, chunk_size: int) -> Any:
 
 def stream_rows(
     hook: DbApiHook, sql: str, parameters: Parameters, chunk_size: int
-) -> tuple[list[str], Iterator[list[tuple[Any, ...]]]]:
+) -> tuple[list[str], Generator[list[tuple[Any, ...]], None, None]]:
     """Run ``sql`` and return its column names and an iterator of row chunks.
 
     Memory stays flat however many rows come back (see :func:`streaming_cursor`). The first chunk is
     fetched before the column names are read: psycopg2's named cursor describes its result only
-    then. The connection closes when the iterator is exhausted or closed.
+    then. The connection closes when the generator is exhausted or closed.
     """
     conn = hook.get_conn()
     try:
@@ -169,7 +169,7 @@ def stream_rows(
             conn.close()
         raise
 
-    def chunks() -> Iterator[list[tuple[Any, ...]]]:
+    def chunks() -> Generator[list[tuple[Any, ...]], None, None]:
         try:
             rows = first
             while rows:

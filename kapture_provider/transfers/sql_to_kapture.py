@@ -150,6 +150,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             shard=(self.shard_index, self.shard_count),
         )
         check: NewestRowCheck | None = None
+        chunks = None
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             sql, id_column = self._query(source, parameters)
@@ -162,6 +163,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         except (KaptureAuthError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
         finally:
+            if chunks is not None:
+                chunks.close()  # the warehouse connection, when the run stopped before the last row
             ledger.close()
             kapture.close()
         if check:  # the rows the query returned before each order's newest one was kept

@@ -256,17 +256,21 @@ def use_mysql_client(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, clie
 
 @pytest.fixture
 def duckdb_warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
-    """An empty ``erp_orders`` in a fresh DuckDB file; ``erp_warehouse`` points at it (DuckDB provider)."""
-    import duckdb
+    """An empty ``erp_orders`` in a fresh DuckDB file; ``erp_warehouse`` points at it (DuckDB provider).
+
+    The test connects through the provider's hook too: DuckDB shares one open database between the
+    connections of a process only when they were opened with the same configuration.
+    """
+    from airflow.providers.duckdb.hooks.duckdb import DuckDBHook
 
     path = tmp_path / "erp.duckdb"
 
     def connect() -> Any:
-        return duckdb.connect(str(path))
+        return DuckDBHook(duckdb_conn_id=WAREHOUSE_CONN_ID).get_conn()
 
     warehouse = Warehouse("duckdb", connect, "?", json.dumps({"conn_type": "duckdb", "host": str(path)}), path=path)
-    warehouse.execute(ERP_ORDERS_DDL)
     _set_connection(monkeypatch, WAREHOUSE_CONN_ID, warehouse.conn_json)
+    warehouse.execute(ERP_ORDERS_DDL)
     return warehouse
 
 

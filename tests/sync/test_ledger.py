@@ -1,4 +1,4 @@
-"""The ledger's one connection serves every sending thread, and commits without waiting for a disk flush."""
+"""The ledger on every engine it supports (SQLite, PostgreSQL, MariaDB, DuckDB): what it keeps, read back."""
 
 from __future__ import annotations
 
@@ -9,20 +9,39 @@ from typing import Any
 import pytest
 
 from kapture_provider.compat import BaseHook
-from kapture_provider.sync.ledger import DELIVERED, FAILED, Ledger, Outcome
+from kapture_provider.sync.ledger import DELIVERED, FAILED, INVALID, Ledger, LedgerNotSupported, Outcome
 
 NOW = "2026-11-27T10:00:00.000000Z"
+LATER = "2026-11-27T11:00:00.000000Z"
 WAREHOUSE_CONN_ID = "erp_warehouse"  # what the warehouse fixtures point at
+#: The ledger table as airflow-provider-kapture 0.1.0 created it (and its index, where the engine has one).
+V010_DDL = [
+    """CREATE TABLE IF NOT EXISTS {table} (
+        order_id VARCHAR(255) NOT NULL PRIMARY KEY,
+        status VARCHAR(16) NOT NULL,
+        body_hash VARCHAR(64),
+        version VARCHAR(255),
+        pending_body TEXT,
+        pending_hash VARCHAR(64),
+        pending_version VARCHAR(255),
+        last_error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_seen_at VARCHAR(32) NOT NULL,
+        last_attempt_at VARCHAR(32) NOT NULL,
+        delivered_at VARCHAR(32)
+    )""",
+    "CREATE INDEX IF NOT EXISTS {table}_status_idx ON {table} (status, last_attempt_at)",
+]
 
 
-def warehouse_ledger() -> Ledger:
-    return Ledger(BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook())
+def warehouse_ledger(table: str = "kapture_order_sync_ledger") -> Ledger:
+    return Ledger(BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook(), table)
 
 
-def test_outcomes_recorded_by_many_threads_at_once_are_all_kept(warehouse: Any) -> None:
+def test_outcomes_recorded_by_many_threads_at_once_are_all_kept(any_warehouse: Any) -> None:
     ledger = warehouse_ledger()
     ledger.create()
-    threads, per_thread = 8, 150
+    threads, per_thread = 8, 60
 
     def record_one_by_one(thread: int) -> None:
         for n in range(per_thread):
@@ -39,11 +58,115 @@ def test_outcomes_recorded_by_many_threads_at_once_are_all_kept(warehouse: Any) 
         worker.join()
     ledger.close()
 
-    rows = warehouse.ledger()
+    rows = any_warehouse.ledger()
     assert len(rows) == threads * per_thread
     failed = {order_id for order_id, row in rows.items() if row["status"] == FAILED}
     assert failed == {f"{t}-{n}" for t in range(threads) for n in range(0, per_thread, 10)}
     assert all(json.loads(rows[order_id]["pending_body"]) == {"x": 1} for order_id in failed)
+
+
+def test_one_batch_of_every_kind_of_outcome_is_committed_whole(any_warehouse: Any) -> None:
+    """Delivered, failed and invalid outcomes (two statements, one transaction), one order twice: the last wins."""
+    ledger = warehouse_ledger()
+    ledger.create()
+    ledger.record(
+        [
+            Outcome("A-1", DELIVERED, "h1", "n:1"),
+            Outcome("B-2", FAILED, "h2", "n:1", '{"name": "Kavya Nair — ಕಾವ್ಯ"}'.encode(), "HTTP 500"),
+            Outcome("C-3", INVALID, error="customer_info.customer_name: is missing or empty (mandatory)"),
+            Outcome("A-1", DELIVERED, "h1b", "n:2"),
+        ],
+        NOW,
+    )
+    ledger.close()
+
+    rows = any_warehouse.ledger()
+    assert {k: (v["status"], v["body_hash"], v["version"], v["attempts"]) for k, v in rows.items()} == {
+        "A-1": (DELIVERED, "h1b", "n:2", 2),
+        "B-2": (FAILED, None, None, 1),
+        "C-3": (INVALID, None, None, 1),
+    }
+    assert json.loads(rows["B-2"]["pending_body"]) == {"name": "Kavya Nair — ಕಾವ್ಯ"}
+    assert (rows["B-2"]["pending_hash"], rows["B-2"]["pending_version"]) == ("h2", "n:1")
+
+
+def test_order_ids_are_compared_byte_for_byte(any_warehouse: Any) -> None:
+    ledger = warehouse_ledger()
+    ledger.create()
+    ids = ["AB-1", "ab-1", "cd-2", "cd-2 ", "\u00e9-3", "e\u0301-3"]  # é precomposed and combining
+    ledger.record([Outcome(order_id, DELIVERED, f"hash of {order_id!r}") for order_id in ids], NOW)
+
+    found = ledger.lookup(["ab-1", "cd-2 ", "e\u0301-3", "zz-9"])
+    ledger.close()
+
+    assert {k: v.body_hash for k, v in found.items()} == {
+        "ab-1": "hash of 'ab-1'",
+        "cd-2 ": "hash of 'cd-2 '",
+        "e\u0301-3": "hash of 'e\u0301-3'",
+    }
+    assert sorted(any_warehouse.ledger()) == sorted(ids)
+
+
+def test_failing_since_is_the_first_failure_since_the_last_delivery(any_warehouse: Any) -> None:
+    ledger = warehouse_ledger()
+    ledger.create()
+
+    def failing_since() -> Any:
+        return any_warehouse.ledger()["A-1"]["failing_since"]
+
+    ledger.record([Outcome("A-1", FAILED, "h", None, b"{}", "HTTP 503")], NOW)
+    assert failing_since() == NOW
+    ledger.record([Outcome("A-1", FAILED, "h", None, b"{}", "HTTP 503")], LATER)
+    assert failing_since() == NOW
+    ledger.record([Outcome("A-1", DELIVERED, "h", None)], LATER)
+    assert failing_since() is None
+    ledger.record([Outcome("A-1", INVALID, error="customer_info.customer_name: is missing")], LATER)
+    assert failing_since() == LATER
+    ledger.close()
+
+
+def test_a_ledger_created_by_version_0_1_0_is_brought_up_to_date(any_warehouse: Any) -> None:
+    for statement in V010_DDL:
+        any_warehouse.execute(statement.format(table="kapture_order_sync_ledger"))
+    p = any_warehouse.placeholder
+    any_warehouse.execute(
+        "INSERT INTO kapture_order_sync_ledger (order_id, status, body_hash, version, attempts, first_seen_at, "
+        f"last_attempt_at, delivered_at) VALUES ({p}, 'delivered', 'h-old', 'n:1', 1, {p}, {p}, {p})",
+        ("AB-1", NOW, NOW, NOW),
+    )
+    ledger = warehouse_ledger()
+
+    ledger.create()
+    ledger.record([Outcome("ab-1", FAILED, "h", None, b"{}", "HTTP 500")], LATER)  # a different order
+    found = ledger.lookup(["AB-1", "ab-1"])
+    ledger.close()
+
+    assert {k: (v.status, v.body_hash) for k, v in found.items()} == {
+        "AB-1": ("delivered", "h-old"),
+        "ab-1": ("failed", None),
+    }
+    rows = any_warehouse.ledger()
+    assert (rows["AB-1"]["failing_since"], rows["ab-1"]["failing_since"]) == (None, LATER)
+
+
+def test_schema_qualified_ledger_table(any_warehouse: Any) -> None:
+    schema = {"sqlite": "main", "duckdb": "main"}.get(any_warehouse.kind, any_warehouse.schema)
+    if any_warehouse.kind == "postgres":  # another schema than the connection's search_path
+        schema = f"{any_warehouse.schema}_ledger"
+        any_warehouse.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        any_warehouse.execute(f"CREATE SCHEMA {schema}")
+    ledger = warehouse_ledger(f"{schema}.kapture_ledger")
+    try:
+        ledger.create()
+        ledger.create()  # idempotent
+        ledger.record([Outcome("A-1", DELIVERED, "h", "n:1"), Outcome("B-2", FAILED, "h", None, b"{}", "x")], NOW)
+        assert set(ledger.lookup(["A-1", "B-2"])) == {"A-1", "B-2"}
+        assert [p.order_id for p in ledger.pending(LATER)] == ["B-2"]
+    finally:
+        ledger.close()
+    assert sorted(r[0] for r in any_warehouse.query(f"SELECT order_id FROM {schema}.kapture_ledger")) == ["A-1", "B-2"]
+    if any_warehouse.kind == "postgres":
+        any_warehouse.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def test_postgres_ledger_session_commits_without_waiting_for_the_flush(postgres_warehouse: Any) -> None:
@@ -60,3 +183,11 @@ def test_in_memory_sqlite_ledger_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     ledger = Ledger(BaseHook.get_connection("memory_ledger").get_hook())
     with pytest.raises(ValueError, match="needs a SQLite database file"):
         ledger.create()
+
+
+def test_a_database_that_cannot_hold_the_ledger_is_refused_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Oracle connection to a port where nothing listens: refused from the hook alone."""
+    oracle = {"conn_type": "oracle", "host": "127.0.0.1", "port": 9, "login": "erp", "password": "x"}
+    monkeypatch.setenv("AIRFLOW_CONN_ORACLE_LEDGER", json.dumps(oracle))
+    with pytest.raises(LedgerNotSupported, match="cannot be kept in a 'oracle' database"):
+        Ledger(BaseHook.get_connection("oracle_ledger").get_hook())

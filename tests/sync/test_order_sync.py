@@ -1,9 +1,11 @@
-"""SqlToKaptureOrdersOperator end to end: ledger decisions, invalid rows, mapping errors, dry runs, bound parameters.
+"""SqlToKaptureOrdersOperator end to end: invalid rows, mapping errors, dry runs, bound parameters.
 
 Interval runs go through Airflow (``dag.test(logical_date=T)``, data interval ``[T - 1 h, T)``) with the
 example DAG or a DAG built here around the same operator, query and interval parameters; the checks that
 need the exception itself call ``execute()`` directly. Kapture is the emulator; the warehouse is SQLite,
-or both SQLite and PostgreSQL where the SQL differs between them.
+or each engine where the SQL differs between them. The ledger's decisions across hourly runs (unchanged,
+changed, refused, stale, newest of several changes, killed runs) are checked on every warehouse × ledger
+through the ``airflow`` command in ``test_acceptance_cli.py``.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def run_execute(**kwargs: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
-# ledger: unchanged, changed, refused, stale, several changes in one run
+# ledger: an old, broken row in a backfill
 # --------------------------------------------------------------------------------------------------
 
 
@@ -272,9 +274,9 @@ def test_dry_run_reports_and_sends_and_records_nothing(
 
 
 @pytest.mark.parametrize("placeholder", [":order_id", "%(order_id)s"])
-def test_parameters_stay_bound(warehouse, kapture_conn: KaptureEmulator, placeholder: str) -> None:
+def test_parameters_stay_bound(any_warehouse, kapture_conn: KaptureEmulator, placeholder: str) -> None:
     rows = list(generate_orders(30, NAIVE_DAY, NAIVE_DAY + HOUR, seed=17))
-    warehouse.insert_orders(rows)
+    any_warehouse.insert_orders(rows)
     sql = (
         "SELECT order_id, customer_name, invoice_no, updated_at AS _version FROM erp_orders "
         f"WHERE order_id = {placeholder}"
@@ -284,7 +286,7 @@ def test_parameters_stay_bound(warehouse, kapture_conn: KaptureEmulator, placeho
         summary = run_execute(sql=sql, parameters={"order_id": hostile}, version_column="_version")
         assert (summary["rows_read"], summary["requests"]) == (0, 0)
     assert kapture_conn.requests == []
-    assert warehouse.query("SELECT COUNT(*) FROM erp_orders") == [(30,)]
+    assert any_warehouse.query("SELECT COUNT(*) FROM erp_orders") == [(30,)]
 
     # the same query with a real order id selects exactly that order
     summary = run_execute(sql=sql, parameters={"order_id": rows[4][0]}, version_column="_version")
@@ -292,10 +294,10 @@ def test_parameters_stay_bound(warehouse, kapture_conn: KaptureEmulator, placeho
     assert [r.order_id for r in add_updates(kapture_conn)] == [rows[4][0]]
 
 
-def test_literal_percent_in_a_query_without_parameters(warehouse, kapture_conn: KaptureEmulator) -> None:
+def test_literal_percent_in_a_query_without_parameters(any_warehouse, kapture_conn: KaptureEmulator) -> None:
     """A LIKE pattern is no placeholder: without parameters the SQL reaches the driver as written."""
     rows = list(generate_orders(40, NAIVE_DAY, NAIVE_DAY + HOUR, seed=19))
-    warehouse.insert_orders(rows)
+    any_warehouse.insert_orders(rows)
     sql = (
         "SELECT order_id, customer_name, city, updated_at AS _version FROM erp_orders "
         "WHERE city LIKE 'P%' AND email LIKE '%@example.com'"
