@@ -25,6 +25,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from kapture_provider.payload import InvalidOrder, render_order_id
 from kapture_provider.sync.dialect import MYSQL, engine_of, quote_identifier
+from kapture_provider.sync.engine import shard_of
 
 KEY_COLUMN, ROWS_COLUMN = "_kapture_key", "_kapture_rows"
 _NOTHING = object()
@@ -58,13 +59,15 @@ class NewestRowCheck:
     :param columns: the wrapped query's columns.
     :param id_column: the order id column.
     :param quoted: how the id column was written in the wrapper (for the error message).
+    :param shard: ``(index, count)``: count the folded rows of this shard's orders only (as the sync does).
     """
 
-    def __init__(self, columns: Sequence[str], id_column: str, quoted: str):
+    def __init__(self, columns: Sequence[str], id_column: str, quoted: str, shard: tuple[int, int] | None = None):
         self._id = list(columns).index(id_column)
         self._key = list(columns).index(KEY_COLUMN)
         self._rows = list(columns).index(ROWS_COLUMN)
         self._quoted = quoted
+        self._shard = shard if shard and shard[1] > 1 else None
         self._last_key: Any = _NOTHING
         self.folded = 0  # rows of an order beyond its newest one
 
@@ -89,15 +92,25 @@ class NewestRowCheck:
             if key == self._last_key:
                 raise self._twice(raw, raw)
             self._last_key = key
-            folded += int(row[self._rows]) - 1
             try:
-                order_id = render_order_id(raw)
+                order_id: str | None = render_order_id(raw)
             except InvalidOrder:
-                continue  # reported with its row by the sync
+                order_id = None  # reported with its row by the sync
+            if self._mine(order_id):
+                folded += int(row[self._rows]) - 1
+            if order_id is None:
+                continue
             if order_id in seen:
                 raise self._twice(seen[order_id], raw)
             seen[order_id] = raw
         self.folded += folded
+
+    def _mine(self, order_id: str | None) -> bool:
+        """Whether the sync handles this order (a row without a usable id belongs to shard 0)."""
+        if self._shard is None:
+            return True
+        index, count = self._shard
+        return (shard_of(order_id, count) if order_id is not None else 0) == index
 
     def _twice(self, first: Any, second: Any) -> SourceInconsistency:
         return SourceInconsistency(

@@ -155,7 +155,9 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             sql, id_column = self._query(source, parameters)
             columns, chunks = stream_rows(source, sql, parameters, self.chunk_size)
-            check = NewestRowCheck(columns, id_column, quote_identifier(source, id_column)) if id_column else None
+            if id_column:
+                quoted, shard = quote_identifier(source, id_column), (self.shard_index, self.shard_count)
+                check = NewestRowCheck(columns, id_column, quoted, shard)
             summary = engine.run(
                 columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
                 version_column=self.version_column, row_mapper=self.row_mapper,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from kapture_provider.compat import AirflowFailException
+from kapture_provider.sync.engine import shard_of
 from kapture_provider.sync.newest import KEY_COLUMN, ROWS_COLUMN, NewestRowCheck, SourceInconsistency
 from kapture_provider.sync.source import streaming_cursor
 from kapture_provider.testing import warehouse as example_warehouse
@@ -182,6 +183,11 @@ def test_newest_row_check_refuses_rows_grouped_by_anything_but_the_order_id() ->
     with pytest.raises(SourceInconsistency, match="order 'B-2' came back twice"):
         check.check([("B-2", "Rohan", 1, b"B-2")])  # the next chunk repeats the last order
     assert check.folded == 2
+
+    shard = (shard_of("A-1", 3), 3)  # a shard counts the rows folded into its own orders only
+    in_shard = NewestRowCheck(columns, "order_id", "`order_id`", shard)
+    in_shard.check([("A-1", "Meera", 3, b"A-1"), ("C-3", "Rohan", 5, b"C-3")])
+    assert in_shard.folded == 2 + (4 if shard_of("C-3", 3) == shard[0] else 0)
 
 
 def test_streaming_cursors(driver_warehouse: Any) -> None:
