@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import sqlite3
 import statistics
 import sys
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks import report
-from benchmarks.fixtures import WORK, EmulatorProcess, fresh_copy, order_ids, template_warehouse
+from benchmarks.fixtures import FIRST_ORDER_ID, WORK, EmulatorProcess, fresh_copy, order_ids, template_warehouse
 from benchmarks.isolation import prepare_environment, run_isolated
 
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"  # kapture_provider.hooks.kapture (not imported here)
@@ -41,6 +45,8 @@ class Settings:
     rate_limit: float = 50.0
     steady_after_s: float = 5.0
     ledger_orders: int = 1_000_000
+    diff_sizes: tuple[int, int] = (100_000, 1_000_000)  # full-table diff: rows of the table, 0.1% changed
+    diff_goal_s: float = 30.0
 
 
 FULL = Settings(
@@ -51,19 +57,24 @@ FULL = Settings(
 QUICK = Settings(
     mode="quick", runs=3, sequential_orders=40, sync_orders=1500, adaptive_orders=500, fixed_orders=300,
     cpu_orders=1000, profile_orders=300, dry_sizes=(20_000, 200_000), real_sizes=(1_000, 10_000),
-    noop_repeats=3,
+    noop_repeats=3, diff_sizes=(20_000, 100_000),
 )  # fmt: skip
+#: Sections ``--only`` can run alone; their results replace the same section of RESULTS.md.
+SECTIONS = ("full-table-diff",)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer orders and runs: under two minutes")
+    parser.add_argument("--only", choices=SECTIONS, help="run one section and update it in RESULTS.md")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     prepare_environment()
     started = time.monotonic()
     machine = report.machine_info()
     machine["niceness"] = raise_priority()
+    if args.only:
+        return only_full_table_diff(settings, machine, started)
     log(f"Benchmarks ({settings.mode} mode) on {machine['cpu']}, {machine['cores']} cores, "
         f"load average {machine['load_before']}")  # fmt: skip
     results: dict[str, Any] = {"settings": asdict(settings), "machine": machine}
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cpu"] = client_cost(settings)
     results["memory"] = memory(settings)
     results["noop"] = zero_changed(settings)
+    results["diff"] = full_table_diff(settings)
     machine["load_after"] = report.load_average()
     machine["duration_s"] = time.monotonic() - started
     (WORK / f"results-{settings.mode}.json").write_text(json.dumps(results, indent=1, default=str))
@@ -278,6 +290,84 @@ def zero_changed(s: Settings) -> dict[str, Any]:
             "requests": requests_seen, "rows_read": result["summary"]["rows_read"]}  # fmt: skip
 
 
+# -- 6. full-table diff: the whole table read, only the changed orders sent -----------------------
+def diff_template(count: int) -> Path:
+    """A warehouse of ``count`` orders whose ledger already holds every order as delivered (built once)."""
+    source = template_warehouse(count)
+    path = source.with_name(source.stem + "-diff.db")
+    if not path.exists():
+        from benchmarks.variants import Task
+
+        partial = fresh_copy(source, f"diff-seed-{count}")
+        run_isolated(Task("seed_diff_ledger", str(partial)), f"diff-seed-{count}")
+        shutil.copyfile(partial, path)
+    return path
+
+
+def full_table_diff(s: Settings) -> dict[str, Any]:
+    """The full-table query over ``count`` orders of which 0.1% changed since the last sync."""
+    from benchmarks.variants import Task
+
+    rows: list[dict[str, Any]] = []
+    for count in s.diff_sizes:
+        template, changed = diff_template(count), count // 1000
+        runs = []
+        for i in range(s.runs):
+            warehouse = fresh_copy(template, "diff")
+            with closing(sqlite3.connect(warehouse)) as conn, conn:
+                conn.execute(
+                    "UPDATE erp_orders SET city = 'Kochi' WHERE (CAST(order_id AS INTEGER) - ?) % ? = 0",
+                    (FIRST_ORDER_ID, count // changed),
+                )
+            with EmulatorProcess(latency=0.0) as emulator:
+                result = run_isolated(Task("full_table_diff", str(warehouse), emulator.url), f"diff-{count}-{i}")
+                stats = emulator.stats()
+            summary = result["summary"]
+            result["verified"] = (
+                stats["requests"] == stats["orders"] == summary["succeeded"] == changed
+                and summary["unchanged"] == count - changed
+            )
+            runs.append(result)
+        rows.append({
+            "orders": count, "changed": changed, "runs": len(runs),
+            "wall_s": _spread([r["wall_s"] for r in runs]), "cpu_s": _spread([r["cpu_s"] for r in runs]),
+            "peak_rss_mb": _spread([r["peak_rss_mb"] for r in runs]),
+            "rss_at_start_mb": _spread([r["rss_at_start_mb"] for r in runs]),
+            "verified": all(r["verified"] for r in runs),
+        })  # fmt: skip
+        log(f"  full-table diff of {count:,} rows, {changed:,} changed: {rows[-1]['wall_s']['median']:.1f} s, "
+            f"peak RSS {rows[-1]['peak_rss_mb']['median']:.0f} MB")  # fmt: skip
+    return {"rows": rows}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def diff_target(s: Settings, diff: dict[str, Any]) -> dict[str, Any]:
+    small, large = diff["rows"]
+    growth = (large["peak_rss_mb"]["median"] - small["peak_rss_mb"]["median"]) / small["peak_rss_mb"]["median"]
+    verified = small["verified"] and large["verified"]
+    return {
+        "name": f"6. full-table diff of {large['orders']:,} rows, {large['changed']:,} changed: ≤ {s.diff_goal_s:g} s, "
+        f"only the changed orders sent, peak RSS growth from {small['orders']:,} rows ≤ 10%",
+        "measured": f"{large['wall_s']['median']:.1f} s, peak RSS {large['peak_rss_mb']['median']:.0f} MB "
+        f"({growth:+.1%})" + ("" if verified else ", NOT ONLY THE CHANGED ORDERS SENT"),
+        "passed": large["wall_s"]["median"] <= s.diff_goal_s and growth <= 0.10 and verified,
+    }
+
+
+def only_full_table_diff(s: Settings, machine: dict[str, Any], started: float) -> int:
+    """``--only full-table-diff``: run section 6 and replace it (and its target) in RESULTS.md."""
+    diff = full_table_diff(s)
+    machine["load_after"] = report.load_average()
+    machine["duration_s"] = time.monotonic() - started
+    target = diff_target(s, diff)
+    report.update_diff(s, diff, target, machine)
+    log(f"{'PASS' if target['passed'] else 'FAIL'}  {target['name']}: {target['measured']}")
+    return 0 if target["passed"] else 1
+
+
 # -- targets ---------------------------------------------------------------------------------------
 def evaluate(s: Settings, results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = {row["variant"] + str(row["concurrency"]): row for row in results["throughput"]["rows"]}
@@ -335,6 +425,7 @@ def evaluate(s: Settings, results: dict[str, Any]) -> list[dict[str, Any]]:
             f"(first {noop['durations_s'][0]:.3f} s), {noop['requests']} requests",
             "passed": max(noop["durations_s"]) < 1.0 and noop["requests"] == 0 and noop["rows_read"] == 0,
         },
+        diff_target(s, results["diff"]),
     ]
 
 

@@ -24,11 +24,13 @@ from unittest import mock
 import airflow.sdk.execution_time.supervisor  # noqa: F401 - loaded in every Airflow worker before a task runs
 import requests
 from airflow.providers.http.hooks.http import HttpHook
-from kapture_erp_orders import CHANGED_ORDERS_SQL
+from kapture_erp_orders import ALL_ORDERS_SQL, CHANGED_ORDERS_SQL
 
 from benchmarks.fixtures import DAY_END, DAY_START, EMULATOR_PASSWORD, EMULATOR_USER, status_kb
 from kapture_provider.hooks.kapture import ORDER_PATH, KaptureHook
-from kapture_provider.sync.ledger import Ledger
+from kapture_provider.payload import OrderMapper
+from kapture_provider.sync.ledger import DELIVERED, Ledger, Outcome
+from kapture_provider.sync.source import stream_rows
 from kapture_provider.transfers import sql_to_kapture
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
@@ -186,6 +188,36 @@ def seed_ledger(task: Task) -> dict[str, Any]:
     return {"sent": 0, "ledger_rows": rows}
 
 
+def full_table_diff(task: Task) -> dict[str, Any]:
+    """The full-table diff: ``ALL_ORDERS_SQL`` (no time filter, no version column) against a seeded ledger."""
+    summary = SqlToKaptureOrdersOperator(
+        task_id="bench_full_diff",
+        sql=ALL_ORDERS_SQL,
+        sql_conn_id=WAREHOUSE_CONN_ID,
+        kapture_conn_id=KAPTURE_CONN_ID,
+        max_concurrency=task.max_concurrency,
+        chunk_size=int(task.options.get("chunk_size", 1000)),
+    ).execute({})  # type: ignore[arg-type]
+    return {"sent": summary["succeeded"], "summary": summary}
+
+
+def seed_diff_ledger(task: Task) -> dict[str, Any]:
+    """Record every order as delivered with the body hash ``ALL_ORDERS_SQL`` gives it (not timed as a run)."""
+    hook = _warehouse_hook()
+    ledger = Ledger(hook)
+    ledger.create()
+    columns, chunks = stream_rows(hook, ALL_ORDERS_SQL, None, 10_000)
+    mapper = OrderMapper(columns, timezone="UTC")
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+    rows = 0
+    for chunk in chunks:
+        orders = [mapper.prepare(row) for row in chunk]
+        ledger.record([Outcome(o.order_id, DELIVERED, o.body_hash) for o in orders], now)
+        rows += len(orders)
+    ledger.close()
+    return {"sent": 0, "ledger_rows": rows}
+
+
 def _operator(task: Task, interval: dict[str, str]) -> SqlToKaptureOrdersOperator:
     return SqlToKaptureOrdersOperator(
         task_id="bench_sync",
@@ -254,4 +286,6 @@ VARIANTS: dict[str, Callable[[Task], dict[str, Any]]] = {
     "ours": operator_sync,
     "operator_noop": operator_noop,
     "seed_ledger": seed_ledger,
+    "full_table_diff": full_table_diff,
+    "seed_diff_ledger": seed_diff_ledger,
 }

@@ -1,4 +1,4 @@
-"""What the hourly and the sharded sync DAGs share: the warehouse query, its window, params and assets.
+"""What the example sync DAGs share: the warehouse queries, the window, params and assets.
 
 A module without a DAG, so that importing it from a DAG file registers nothing twice (the DAGs folder
 is on ``sys.path`` when Airflow parses DAG files and runs tasks).
@@ -39,3 +39,20 @@ WINDOW_PARAMS = {
     ),
     "window_end": Param(None, type=["null", "string"], format="date-time", description="…until (exclusive)"),
 }
+
+# The same columns for every order, with no time filter: the full-table diff (kapture_erp_order_full_diff)
+# sends only the orders whose body differs from what Kapture last received, for ERPs without a trustworthy
+# updated_at. The quoted alias works on every engine, MySQL/MariaDB included (they accept "..." as an alias).
+ALL_ORDERS_SQL = """
+SELECT order_id,
+       customer_name,
+       phone,
+       email AS email_id,
+       city,
+       invoice_no,
+       invoice_date,
+       delivery_status,
+       payment_mode,
+       total_amount AS "order_info.associate_fields.total_amount"
+FROM erp_orders
+"""
