@@ -11,6 +11,7 @@ DAG_FILES = sorted(p for p in (Path(__file__).resolve().parent.parent / "dags").
 
 def test_every_dag_definition_is_checked() -> None:
     assert {p.name for p in DAG_FILES} == {
+        "kapture_erp_order_full_diff.py",
         "kapture_erp_order_sync.py",
         "kapture_erp_order_sync_sharded.py",
         "kapture_update_order.py",

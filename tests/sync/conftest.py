@@ -40,6 +40,7 @@ from kapture_provider.testing.warehouse import ERP_ORDERS_DDL, MYSQL_ERP_ORDERS_
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_DAG_FILE = REPO / "dags" / "kapture_erp_order_sync.py"
+FULL_DIFF_DAG_FILE = REPO / "dags" / "kapture_erp_order_full_diff.py"
 LEDGER_TABLE = "kapture_order_sync_ledger"
 #: What a test may leave behind in a shared database: the tables and the ledgers with their run logs.
 TEST_TABLES = (
@@ -239,6 +240,13 @@ def mariadb_warehouse(mariadb_database: str, monkeypatch: pytest.MonkeyPatch) ->
     return warehouse
 
 
+@pytest.fixture
+def mariadb_connector_warehouse(mariadb_warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
+    """The MariaDB warehouse, read by Airflow through mysql-connector-python instead of mysqlclient."""
+    use_mysql_client(mariadb_warehouse, monkeypatch, "mysql-connector-python")
+    return mariadb_warehouse
+
+
 def use_mysql_client(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, client: str) -> None:
     """Point ``erp_warehouse`` at the MariaDB warehouse through ``client`` (mysqlclient, mysql-connector-python)."""
     warehouse.conn_json = json.dumps(
@@ -313,6 +321,12 @@ def example_dag() -> Any:
     dag = load_dag_file(EXAMPLE_DAG_FILE)
     assert dag.dag_id == "kapture_erp_order_sync"
     return dag
+
+
+@pytest.fixture
+def full_diff_dag() -> Any:
+    """The nightly full-table diff example DAG, imported afresh from ``dags/kapture_erp_order_full_diff.py``."""
+    return load_dag_file(FULL_DIFF_DAG_FILE, "kapture_erp_order_full_diff")
 
 
 @pytest.fixture

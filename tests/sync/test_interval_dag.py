@@ -1,6 +1,6 @@
-"""The example hourly DAG (``dags/kapture_erp_order_sync.py``, loaded from its file) run through Airflow.
+"""The example hourly DAG and the nightly full-table diff DAG (``dags/``, loaded from their files) run through Airflow.
 
-Runs are made in-process with ``dag.test(logical_date=T)``; for this DAG's ``CronDataIntervalTimetable``
+Runs are made in-process with ``dag.test(logical_date=T)``; for the hourly DAG's ``CronDataIntervalTimetable``
 a manual run at ``T`` covers the data interval ``[T - 1 h, T)``.
 """
 
@@ -113,3 +113,34 @@ def test_consecutive_intervals_deliver_every_order_once(
     ledger = warehouse.ledger()
     assert Counter(v["status"] for v in ledger.values()) == Counter({"delivered": 599, "invalid": 1})
     assert "customer_info.customer_name" in ledger[invalid_id]["last_error"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mariadb"])
+def test_full_table_diff_sends_only_the_changed_orders(
+    kind: str, request: pytest.FixtureRequest, kapture_conn: KaptureEmulator, full_diff_dag, run_dag_at
+) -> None:
+    """The nightly example DAG reads the whole table; after the first run, only changed orders are sent."""
+    warehouse = request.getfixturevalue(f"{kind}_warehouse")
+    rows = list(generate_orders(300, naive(DAY), naive(DAY) + dt.timedelta(days=20), seed=23))
+    warehouse.insert_orders(rows)
+    dag = full_diff_dag
+
+    first = run_dag_at(dag, DAY)
+    assert first.state == "success", first.task_states
+    assert (first.xcom(TASK_ID)["rows_read"], first.xcom(TASK_ID)["succeeded"]) == (300, 300)
+
+    changed = [rows[7][0], rows[250][0]]
+    p = warehouse.placeholder
+    for order_id in changed:
+        warehouse.execute(
+            f"UPDATE erp_orders SET delivery_status = 'Returned to seller' WHERE order_id = {p}", (order_id,)
+        )
+    second = run_dag_at(dag, DAY + dt.timedelta(days=1))
+
+    assert second.state == "success", second.task_states
+    summary = second.xcom(TASK_ID)
+    assert (summary["rows_read"], summary["unchanged"], summary["succeeded"], summary["requests"]) == (300, 298, 2, 2)
+    assert [r.order_id for r in add_update_requests(kapture_conn)][300:] == sorted(changed)
+    for order_id in changed:
+        assert kapture_conn.orders[order_id]["order_info"]["delivery_status"] == "Returned to seller"
+    assert len(kapture_conn.orders) == 300

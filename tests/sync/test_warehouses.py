@@ -43,15 +43,11 @@ ORACLE = json.dumps({"conn_type": "oracle", "host": "127.0.0.1", "port": 9, "log
 def driver_warehouse(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A warehouse read through one driver: ``erp_warehouse`` points at it."""
     kind, _, client = request.param.partition("-")
-    warehouse = request.getfixturevalue(f"{kind}_warehouse")
+    warehouse = request.getfixturevalue(f"{kind}_connector_warehouse" if client == "connector" else f"{kind}_warehouse")
     if client == "psycopg2":  # the postgres provider's mode where psycopg 3 is not installed
         import airflow.providers.postgres.hooks.postgres as postgres_hooks
 
         monkeypatch.setattr(postgres_hooks, "USE_PSYCOPG3", False)
-    if client == "connector":
-        from conftest import use_mysql_client  # tests/sync/conftest.py
-
-        use_mysql_client(warehouse, monkeypatch, "mysql-connector-python")
     return warehouse
 
 

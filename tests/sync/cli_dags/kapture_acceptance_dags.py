@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 
 import pendulum
-from kapture_erp_orders import CHANGED_ORDERS_SQL, INTERVAL_PARAMETERS
+from airflow.providers.common.compat.sdk import DAG
+from kapture_erp_orders import CHANGED_ORDERS_SQL, WINDOW_PARAMETERS
 
-from kapture_provider.compat import DAG, CronDataIntervalTimetable
+from kapture_provider.compat import CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 ORDER_CHANGES_SQL = """
@@ -42,7 +43,7 @@ def acceptance_dag(dag_id: str, *, orders: bool, changes: bool) -> DAG:
     ) as dag:
         common = {
             "sql_conn_id": "erp_warehouse",
-            "parameters": INTERVAL_PARAMETERS,
+            "window_parameters": WINDOW_PARAMETERS,
             "version_column": "_version",
             "ledger_conn_id": LEDGER_CONN_ID,
             "max_concurrency": 8,
