@@ -35,7 +35,6 @@ with DAG(
         sql_conn_id="erp_warehouse",
         sql=ALL_ORDERS_SQL,  # no time filter, no version column: the ledger's body hashes decide
         max_concurrency=8,
-        chunk_size=5000,  # rows compared with the ledger per lookup
         max_failed_ratio=0.01,
         outlets=[KAPTURE_ORDERS],
     )

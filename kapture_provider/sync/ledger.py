@@ -203,6 +203,8 @@ class LedgerDialect:
     #: the driver runs each statement in its own transaction unless told ``BEGIN``
     autocommit: ClassVar[bool] = False
     status_index: ClassVar[bool] = True
+    #: order ids come back as bytes (MySQL's VARBINARY key)
+    binary_key: ClassVar[bool] = False
     types: ClassVar[dict[str, str]] = {
         "key": "VARCHAR(255)", "status": "VARCHAR(16)", "hash": "VARCHAR(64)", "version": "VARCHAR(255)",
         "text": "TEXT", "count": "INTEGER", "time": "VARCHAR(32)",
@@ -257,7 +259,7 @@ class LedgerDialect:
 
     @staticmethod
     def text(value: Any) -> Any:
-        """A value read back from the table (a binary key as text)."""
+        """A value read back from the table: a binary string (MySQL's key, its information schema) as text."""
         return bytes(value).decode("utf-8") if isinstance(value, bytes | bytearray | memoryview) else value
 
 
@@ -312,6 +314,7 @@ class MySqlLedger(LedgerDialect):
     """MySQL and MariaDB: ``INSERT … ON DUPLICATE KEY UPDATE`` (``VALUES()``: MariaDB has no row alias)."""
 
     engine = MYSQL
+    binary_key = True
     types = {**LedgerDialect.types, "key": "VARBINARY(1020)", "text": "MEDIUMTEXT"}  # 255 characters in UTF-8
     status_index = False  # declared in the table: MySQL has no CREATE INDEX IF NOT EXISTS
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
@@ -493,7 +496,7 @@ class Ledger:
     def lookup(self, order_ids: Sequence[str]) -> dict[str, LedgerEntry]:
         """The ledger entries of these order ids (missing ids are new orders)."""
         found: dict[str, LedgerEntry] = {}
-        text = self.dialect.text
+        binary_key, text = self.dialect.binary_key, self.dialect.text
         unique = list(dict.fromkeys(order_ids))
         with closing(self.conn.cursor()) as cur:
             for start in range(0, len(unique), _LOOKUP_BATCH):
@@ -505,7 +508,7 @@ class Ledger:
                     batch,
                 )
                 for row in cur.fetchall():
-                    entry = LedgerEntry(*(text(v) for v in row))
+                    entry = LedgerEntry(text(row[0]), *row[1:]) if binary_key else LedgerEntry(*row)
                     found[entry.order_id] = entry
         if not self.dialect.autocommit:
             self.conn.commit()  # end the read: MySQL would otherwise keep reading this snapshot
@@ -597,7 +600,7 @@ class Ledger:
                 f"ORDER BY order_id LIMIT {int(batch_size)}",
                 (FAILED, attempted_before, after),
             )
-            rows = [tuple(self.dialect.text(v) for v in row) for row in cur.fetchall()]
+            rows = [(self.dialect.text(order_id), *rest) for order_id, *rest in cur.fetchall()]
         if not self.dialect.autocommit:
             self.conn.commit()
         return rows
