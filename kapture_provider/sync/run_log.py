@@ -52,12 +52,22 @@ class RunLog:
             conn.commit()
 
     def _create(self, conn: Any, cur: Any) -> None:
-        cur.execute(
-            f"CREATE TABLE IF NOT EXISTS {self.table} (dag_id VARCHAR(250) NOT NULL, task_id VARCHAR(250) NOT NULL, "
-            "shard_index INTEGER NOT NULL, run_id VARCHAR(250) NOT NULL, window_start VARCHAR(32) NOT NULL, "
-            "window_end VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL)"
-        )
-        conn.commit()
+        """Create the table if missing; safe when the shards of a sync finish at once.
+
+        PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` is not atomic: the sessions racing the one that creates
+        the table fail ("duplicate key … pg_type"); they roll back and find the table there.
+        """
+        try:
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} (dag_id VARCHAR(250) NOT NULL, "
+                "task_id VARCHAR(250) NOT NULL, shard_index INTEGER NOT NULL, run_id VARCHAR(250) NOT NULL, "
+                "window_start VARCHAR(32) NOT NULL, window_end VARCHAR(32) NOT NULL, finished_at VARCHAR(32) NOT NULL)"
+            )
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            cur.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")  # raises when the table is really missing
+            cur.fetchall()
 
 
 def _text(value: dt.datetime) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from typing import Any
@@ -191,3 +192,33 @@ def test_a_database_that_cannot_hold_the_ledger_is_refused_before_connecting(mon
     monkeypatch.setenv("AIRFLOW_CONN_ORACLE_LEDGER", json.dumps(oracle))
     with pytest.raises(LedgerNotSupported, match="cannot be kept in a 'oracle' database"):
         Ledger(BaseHook.get_connection("oracle_ledger").get_hook())
+
+
+def test_shards_finishing_at_once_all_record_their_run(postgres_warehouse: Any) -> None:
+    """The run log beside the ledger is created by whichever shard finishes first; the others find it."""
+    from kapture_provider.sync.run_log import RunLog
+
+    hook = BaseHook.get_connection(WAREHOUSE_CONN_ID).get_hook()
+    start, end = dt.datetime(2026, 11, 26, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC)
+
+    def finish_at_once(run_id: str, shards: int) -> list[BaseException]:
+        barrier, errors = threading.Barrier(shards), []
+
+        def finish(shard: int) -> None:
+            barrier.wait()
+            try:
+                RunLog(hook, "kapture_order_sync_ledger").record("dag", "sync", shard, run_id, start, end)
+            except Exception as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=finish, args=(shard,)) for shard in range(shards)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return errors
+
+    for attempt in range(5):
+        postgres_warehouse.execute("DROP TABLE IF EXISTS kapture_order_sync_ledger_runs")
+        assert finish_at_once(f"run-{attempt}", 4) == []
+        assert postgres_warehouse.query("SELECT COUNT(*) FROM kapture_order_sync_ledger_runs") == [(4,)]
