@@ -50,7 +50,8 @@ from kapture_provider.sync.dialect import (
 )
 
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: A ledger table name: a plain identifier, or ``schema.identifier``.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _LOOKUP_BATCH = 500
 _ROWS_PER_STATEMENT = 200
 _Method = TypeVar("_Method", bound=Callable[..., Any])
@@ -416,7 +417,7 @@ class Ledger:
     """
 
     def __init__(self, hook: DbApiHook, table: str = "kapture_order_sync_ledger"):
-        if not all(_NAME.match(part) for part in table.split(".")) or table.count(".") > 1:
+        if not _IDENTIFIER.match(table):
             raise ValueError(f"ledger table name {table!r} must be a plain SQL identifier, or schema.identifier")
         self.dialect = ledger_dialect(hook)
         self.hook = hook
