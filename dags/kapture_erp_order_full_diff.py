@@ -36,5 +36,6 @@ with DAG(
         sql=ALL_ORDERS_SQL,  # no time filter, no version column: the ledger's body hashes decide
         max_concurrency=8,
         max_failed_ratio=0.01,
+        failure_floor=3,
         outlets=[KAPTURE_ORDERS],
     )

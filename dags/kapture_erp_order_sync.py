@@ -45,8 +45,11 @@ with DAG(
         window_parameters=WINDOW_PARAMETERS,
         version_column="_version",
         max_concurrency=8,
-        # up to 1% of a run's rows may be invalid or refused; each is listed in the summary and the
-        # ledger, and refused ones are retried by the next runs
+        # This run's own rows decide its state: up to 1% of them, or up to 3 whatever the ratio (a quiet
+        # hour with one refused order stays green), may be invalid or refused; each is listed in the
+        # summary and the ledger. Refused ones are retried by the next runs and parked after 3 refusals
+        # in a row; the run fails if over 1,000 orders are still owed, or one has failed for over 3 days.
         max_failed_ratio=0.01,
+        failure_floor=3,
         outlets=[KAPTURE_ORDERS],
     )

@@ -11,7 +11,9 @@ One run:
    any point resends at most ``max_concurrency`` orders when it is run again, and no sending thread
    waits for the main thread (which reads, maps and decides the next orders meanwhile);
 4. after the rows, orders that failed in earlier runs (of any interval) are resent from the body the
-   ledger kept for them, unless this run already dealt with them.
+   ledger kept for them, unless this run already dealt with them. They are counted apart (``retried_*``):
+   this run's own rows decide its failure ratio. An order Kapture refused ``park_after_refusals`` times
+   in a row is *parked*: kept with its body and listed, but no longer retried until its row changes.
 """
 
 from __future__ import annotations
@@ -26,18 +28,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kapture_provider.exceptions import KaptureAuthError, KaptureError
+from kapture_provider.exceptions import KaptureAuthError, KaptureError, KaptureRejectedError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, InvalidOrder, OrderMapper, PreparedOrder, render_order_id
 from kapture_provider.sync.ledger import (
     DELIVERED,
     FAILED,
     INVALID,
+    PARKED,
     Ledger,
     LedgerEntry,
     Outcome,
     encode_version,
     is_older,
+    time_text,
 )
 
 log = logging.getLogger(__name__)
@@ -56,9 +60,17 @@ class SyncSummary:
     stale: int = 0
     duplicates: int = 0
     to_send: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
+    succeeded: int = 0  # every order delivered by this run (its own rows and earlier failures)
+    failed: int = 0  # every order not delivered by this run (its own rows and earlier failures)
+    retried: int = 0  # earlier failures (owed orders) resent by this run
+    retried_delivered: int = 0
+    retried_failed: int = 0
+    parked: int = 0  # orders this run parked (refused too many times in a row)
+    parked_unchanged: int = 0  # rows of parked orders, not sent again since they did not change
+    still_owed: int = 0  # after this run, in the whole ledger: orders every run retries
+    oldest_owed_since: str | None = None  # when the longest-failing owed order started failing (UTC)
+    max_owed_attempts: int = 0
+    parked_total: int = 0  # after this run, in the whole ledger
     requests: int = 0
     kapture_down: bool = False
     duration_seconds: float = 0.0
@@ -67,13 +79,14 @@ class SyncSummary:
     invalid_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def considered(self) -> int:
-        """Rows read plus earlier failures retried: the denominator of the failure ratio."""
-        return self.rows_read + self.retried
+    def own_failed(self) -> int:
+        """This run's own rows that were refused or not delivered (earlier failures retried left out)."""
+        return self.failed - self.retried_failed
 
     @property
     def failure_ratio(self) -> float:
-        return (self.failed + self.invalid) / self.considered if self.considered else 0.0
+        """Of this run's own rows, the share refused, not delivered or invalid."""
+        return (self.own_failed + self.invalid) / self.rows_read if self.rows_read else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         result = asdict(self)
@@ -85,6 +98,8 @@ class SyncSummary:
 class _Send:
     order: PreparedOrder
     version: str | None
+    refusals: int = 0  # Kapture's refusals of this order in a row so far
+    owed: bool = False  # an earlier run's failure, resent from the ledger
 
 
 def _unexpected(order_id: str, err: BaseException) -> RuntimeError:
@@ -95,7 +110,7 @@ def _unexpected(order_id: str, err: BaseException) -> RuntimeError:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return time_text(dt.datetime.now(dt.UTC))
 
 
 class OrderSync:
@@ -110,6 +125,8 @@ class OrderSync:
     :param max_consecutive_transient: after this many orders in a row exhausted their retries on
         transient failures (Kapture down), stop sending: the remaining rows are still read, validated
         and recorded as failed with their bodies pending, so later runs deliver them; the task fails.
+    :param park_after_refusals: park an order once Kapture refused it this many times in a row (transient
+        failures do not count); ``None`` retries refused orders in every run until they land.
     """
 
     def __init__(
@@ -122,6 +139,7 @@ class OrderSync:
         progress_seconds: float = 15.0,
         shard: tuple[int, int] | None = None,
         max_consecutive_transient: int = 32,
+        park_after_refusals: int | None = None,
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -134,6 +152,9 @@ class OrderSync:
             raise ValueError(f"shard index must be in [0, {shard[1]}), got {shard[0]}")
         self.shard = shard if shard and shard[1] > 1 else None
         self.max_consecutive_transient = max_consecutive_transient
+        if park_after_refusals is not None and park_after_refusals < 1:
+            raise ValueError("park_after_refusals must be at least 1 (or None: never park)")
+        self.park_after_refusals = park_after_refusals
         self.summary = SyncSummary(dry_run=dry_run)
         self._consecutive_transient = 0
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
@@ -181,6 +202,7 @@ class OrderSync:
             self._retry_pending()
             self._wait_until_done()
             self._flush_not_sent()
+            self._summarise_owed()
         except BaseException:
             self._stopping = True  # queued orders are not sent; requests in flight finish and are recorded
             raise
@@ -233,10 +255,13 @@ class OrderSync:
                 summary.unchanged += 1
             elif decision == "stale":
                 summary.stale += 1
+            elif decision == "parked":
+                summary.parked_unchanged += 1
             else:
                 if self.dry_run and entry is not None and entry.status == FAILED:
                     self._dry_run_ids.add(candidate.order.order_id)  # only failed orders come back as pending
-                self._dispatch(candidate)
+                refusals = entry.refusals if entry is not None and entry.status in (FAILED, PARKED) else 0
+                self._dispatch(_Send(candidate.order, candidate.version, refusals))
 
     @property
     def kapture_down(self) -> bool:
@@ -269,7 +294,7 @@ class OrderSync:
                 continue
             self.summary.retried += 1
             order = PreparedOrder(pending.order_id, pending.data, pending.body_hash)
-            self._dispatch(_Send(order, pending.version))
+            self._dispatch(_Send(order, pending.version, pending.refusals, owed=True))
 
     # -- sending --------------------------------------------------------------------------------
     def _dispatch(self, item: _Send) -> None:
@@ -309,7 +334,7 @@ class OrderSync:
                 outcome, refusal = self._send(item)
                 self._record([outcome])
                 with self._lock:
-                    self._count(outcome)
+                    self._count(outcome, item.owed)
                     self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
                 if refusal is not None:
                     raise refusal
@@ -333,8 +358,12 @@ class OrderSync:
         try:
             self.hook.post_order(order.data, order_id=order.order_id)
         except KaptureError as err:
+            refusals = item.refusals + 1 if isinstance(err, KaptureRejectedError) else item.refusals
+            status, error = FAILED, err.message
+            if self.park_after_refusals is not None and refusals >= self.park_after_refusals:
+                status, error = PARKED, f"parked after {refusals} refusals in a row: {err.message}"
             failed = Outcome(
-                order.order_id, FAILED, order.body_hash, item.version, order.data, err.message, err.retryable
+                order.order_id, status, order.body_hash, item.version, order.data, error, err.retryable, refusals
             )
             return failed, err if isinstance(err, KaptureAuthError) else None
         return Outcome(order.order_id, DELIVERED, order.body_hash, item.version), None
@@ -343,8 +372,10 @@ class OrderSync:
         """Record an order as failed and pending without sending it, Kapture being down (lock held)."""
         order = item.order
         reason = f"not sent: Kapture unavailable ({self.max_consecutive_transient} orders in a row failed)"
-        outcome = Outcome(order.order_id, FAILED, order.body_hash, item.version, order.data, reason)
-        self._count(outcome)
+        outcome = Outcome(
+            order.order_id, FAILED, order.body_hash, item.version, order.data, reason, True, item.refusals
+        )
+        self._count(outcome, item.owed)
         self._not_sent.append(outcome)
         if len(self._not_sent) >= 500:
             self._flush_not_sent()
@@ -358,13 +389,27 @@ class OrderSync:
         if outcomes and not self.dry_run and self.ledger is not None and self._ledger_ready:
             self.ledger.record(outcomes, _utc_now())
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, outcome: Outcome, owed: bool) -> None:
+        summary = self.summary
         if outcome.status == DELIVERED:
-            self.summary.succeeded += 1
-        else:
-            self.summary.failed += 1
-            if len(self.summary.failed_orders) < MAX_LISTED:
-                self.summary.failed_orders.append({"order_id": outcome.order_id, "error": outcome.error or ""})
+            summary.succeeded += 1
+            summary.retried_delivered += owed
+            return
+        summary.failed += 1
+        summary.retried_failed += owed
+        summary.parked += outcome.status == PARKED
+        if len(summary.failed_orders) < MAX_LISTED:
+            summary.failed_orders.append(
+                {"order_id": outcome.order_id, "status": outcome.status, "error": outcome.error or ""}
+            )
+
+    def _summarise_owed(self) -> None:
+        """What the whole ledger still owes Kapture after this run (all shards: the ledger is shared)."""
+        if self.ledger is None or not self._ledger_ready:
+            return
+        owed = self.ledger.owed_summary()
+        self.summary.still_owed, self.summary.oldest_owed_since = owed.owed, owed.oldest_failing_since
+        self.summary.max_owed_attempts, self.summary.parked_total = owed.max_attempts, owed.parked
 
     def _note_invalid(self, row_number: int, order_id: str | None, reason: str) -> None:
         self.summary.invalid += 1
@@ -419,6 +464,8 @@ def _decide(candidate: _Send, entry: LedgerEntry | None) -> str:
         return "stale"
     if entry.status != FAILED and entry.body_hash == candidate.order.body_hash:
         return "unchanged"  # what Kapture last received (a later invalid row changed nothing there)
+    if entry.status == PARKED and entry.pending_hash == candidate.order.body_hash:
+        return "parked"  # refused too often as it is: sent again once its row changes
     return "send"
 
 

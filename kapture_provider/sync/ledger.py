@@ -50,11 +50,27 @@ from kapture_provider.sync.dialect import (
 )
 
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
+#: Refused too many times in a row: kept with its body, listed, no longer retried until its row changes.
+PARKED = "parked"
 #: A ledger table name: a plain identifier, or ``schema.identifier``.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _LOOKUP_BATCH = 500
 _ROWS_PER_STATEMENT = 200
 _Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+#: Times in the ledger and its run log: UTC text, which sorts in time order on every engine.
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def time_text(value: dt.datetime) -> str:
+    """A time as the ledger writes it."""
+    return value.astimezone(dt.UTC).strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> dt.datetime:
+    """A time the ledger wrote, aware (UTC)."""
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
 
 
 def encode_version(value: Any) -> str | None:
@@ -104,6 +120,7 @@ class LedgerEntry:
     version: str | None  # of the last delivered body
     pending_hash: str | None  # of the body still owed, when the last attempt failed
     pending_version: str | None
+    refusals: int = 0  # Kapture's refusals in a row since the last delivery
 
     @property
     def newest_version(self) -> str | None:
@@ -124,6 +141,7 @@ class Outcome:
     body: bytes | None = None  # kept only when the attempt failed
     error: str | None = None
     transient: bool = False  # failed for a transient reason (Kapture down or overloaded); not stored
+    refusals: int = 0  # Kapture's refusals in a row since the last delivery, this attempt included
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,30 @@ class PendingOrder:
     data: bytes
     body_hash: str
     version: str | None
+    refusals: int
+
+
+@dataclass(frozen=True)
+class OwedOrder:
+    """An order still owed to Kapture (or parked). No personal data: id, counts, times and Kapture's error."""
+
+    order_id: str
+    status: str  # failed (retried by every run) or parked
+    attempts: int
+    refusals: int
+    failing_since: str | None  # UTC, as the ledger writes it
+    last_attempt_at: str
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class OwedSummary:
+    """What the ledger still owes Kapture: orders retried by every run, and parked ones."""
+
+    owed: int = 0
+    oldest_failing_since: str | None = None  # of the owed orders
+    max_attempts: int = 0  # of the owed orders
+    parked: int = 0
 
 
 class LedgerNotSupported(ValueError):
@@ -164,6 +206,7 @@ COLUMNS = (
     Column("last_attempt_at", "time", required=True),
     Column("delivered_at", "time"),
     Column("failing_since", "time"),  # the first failed attempt since the last delivery
+    Column("refusals", "count"),  # Kapture's refusals in a row since the last delivery
 )
 
 #: How an outcome changes a known order's columns (columns not named keep their value).
@@ -171,11 +214,11 @@ NEW, CLEAR, INCREMENT, KEEP_FIRST = "new", "clear", "increment", "keep first"
 _DELIVERED_WRITES = {
     "status": NEW, "body_hash": NEW, "version": NEW, "pending_body": CLEAR, "pending_hash": CLEAR,
     "pending_version": CLEAR, "last_error": CLEAR, "attempts": INCREMENT, "last_attempt_at": NEW,
-    "delivered_at": NEW, "failing_since": CLEAR,
+    "delivered_at": NEW, "failing_since": CLEAR, "refusals": NEW,
 }  # fmt: skip
 _FAILED_WRITES = {
     "status": NEW, "pending_body": NEW, "pending_hash": NEW, "pending_version": NEW, "last_error": NEW,
-    "attempts": INCREMENT, "last_attempt_at": NEW, "failing_since": KEEP_FIRST,
+    "attempts": INCREMENT, "last_attempt_at": NEW, "failing_since": KEEP_FIRST, "refusals": NEW,
 }  # fmt: skip
 
 
@@ -185,13 +228,14 @@ def _row_of(outcome: Outcome, now: str) -> tuple[bool, dict[str, Any]]:
         return True, {
             "order_id": outcome.order_id, "status": DELIVERED, "body_hash": outcome.body_hash,
             "version": outcome.version, "attempts": 1, "first_seen_at": now, "last_attempt_at": now,
-            "delivered_at": now,
+            "delivered_at": now, "refusals": 0,
         }  # fmt: skip
     body = outcome.body.decode("utf-8") if outcome.body is not None else None
     return False, {
         "order_id": outcome.order_id, "status": outcome.status, "pending_body": body,
         "pending_hash": outcome.body_hash, "pending_version": outcome.version, "last_error": outcome.error,
         "attempts": 1, "first_seen_at": now, "last_attempt_at": now, "failing_since": now,
+        "refusals": outcome.refusals,
     }  # fmt: skip
 
 
@@ -504,8 +548,8 @@ class Ledger:
                 batch = unique[start : start + _LOOKUP_BATCH]
                 marks = ", ".join([self.dialect.placeholder] * len(batch))
                 cur.execute(
-                    f"SELECT order_id, status, body_hash, version, pending_hash, pending_version "
-                    f"FROM {self.table} WHERE order_id IN ({marks})",
+                    f"SELECT order_id, status, body_hash, version, pending_hash, pending_version, "
+                    f"COALESCE(refusals, 0) FROM {self.table} WHERE order_id IN ({marks})",
                     batch,
                 )
                 for row in cur.fetchall():
@@ -585,8 +629,8 @@ class Ledger:
         after = ""
         while True:
             rows = self._pending_batch(attempted_before, after, batch_size)
-            for order_id, body, body_hash, version in rows:
-                yield PendingOrder(order_id, body.encode("utf-8"), body_hash, version)
+            for order_id, body, body_hash, version, refusals in rows:
+                yield PendingOrder(order_id, body.encode("utf-8"), body_hash, version, refusals)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
@@ -596,8 +640,9 @@ class Ledger:
         p = self.dialect.placeholder
         with closing(self.conn.cursor()) as cur:
             cur.execute(
-                f"SELECT order_id, pending_body, pending_hash, pending_version FROM {self.table} "
-                f"WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL AND order_id > {p} "
+                f"SELECT order_id, pending_body, pending_hash, pending_version, COALESCE(refusals, 0) "
+                f"FROM {self.table} WHERE status = {p} AND last_attempt_at < {p} AND pending_body IS NOT NULL "
+                f"AND order_id > {p} "
                 f"ORDER BY order_id LIMIT {int(batch_size)}",
                 (FAILED, attempted_before, after),
             )
@@ -605,6 +650,39 @@ class Ledger:
         if not self.dialect.autocommit:
             self.conn.commit()
         return rows
+
+    @_serialized
+    def owed_summary(self) -> OwedSummary:
+        """How many orders are owed (retried by every run) and parked, the oldest failure and most attempts."""
+        p = self.dialect.placeholder
+        with closing(self.conn.cursor()) as cur:
+            cur.execute(
+                f"SELECT status, COUNT(*), MIN(failing_since), MAX(attempts) FROM {self.table} "
+                f"WHERE status IN ({p}, {p}) GROUP BY status",
+                (FAILED, PARKED),
+            )
+            found = {self.dialect.text(row[0]): row[1:] for row in cur.fetchall()}
+        if not self.dialect.autocommit:
+            self.conn.commit()
+        owed, oldest, attempts = found.get(FAILED, (0, None, 0))
+        return OwedSummary(int(owed), oldest, int(attempts or 0), int(found.get(PARKED, (0,))[0]))
+
+    @_serialized
+    def owed_orders(self, limit: int = 100) -> list[OwedOrder]:
+        """The owed and parked orders that have been failing longest (never their pending body)."""
+        p = self.dialect.placeholder
+        with closing(self.conn.cursor()) as cur:
+            cur.execute(
+                f"SELECT order_id, status, attempts, COALESCE(refusals, 0), failing_since, last_attempt_at, "
+                f"last_error FROM {self.table} WHERE status IN ({p}, {p}) "
+                f"ORDER BY failing_since, order_id LIMIT {int(limit)}",
+                (FAILED, PARKED),
+            )
+            rows = cur.fetchall()
+        if not self.dialect.autocommit:
+            self.conn.commit()
+        text = self.dialect.text
+        return [OwedOrder(text(r[0]), text(r[1]), int(r[2]), int(r[3]), r[4], r[5], r[6]) for r in rows]
 
     @_serialized
     def close(self) -> None:

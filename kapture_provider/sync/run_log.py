@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, as text: sorts in time order on every engine
+from kapture_provider.sync.ledger import parse_time, time_text
 
 
 class RunLog:
@@ -32,7 +32,7 @@ class RunLog:
                 (dag_id, task_id, shard_index),
             )
             row = cur.fetchone()
-        return dt.datetime.strptime(row[0], _TIME_FORMAT).replace(tzinfo=dt.UTC) if row and row[0] else None
+        return parse_time(row[0]) if row and row[0] else None
 
     def record(
         self, dag_id: str, task_id: str, shard_index: int, run_id: str, start: dt.datetime, end: dt.datetime
@@ -40,7 +40,7 @@ class RunLog:
         """Note that this task synced the window ``[start, end)`` successfully."""
         p = self.hook.placeholder
         values: tuple[Any, ...] = (
-            dag_id, task_id, shard_index, run_id, _text(start), _text(end), _text(dt.datetime.now(dt.UTC)),
+            dag_id, task_id, shard_index, run_id, time_text(start), time_text(end), time_text(dt.datetime.now(dt.UTC)),
         )  # fmt: skip
         with closing(self.hook.get_conn()) as conn, closing(conn.cursor()) as cur:
             self._create(conn, cur)
@@ -68,7 +68,3 @@ class RunLog:
             conn.rollback()
             cur.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")  # raises when the table is really missing
             cur.fetchall()
-
-
-def _text(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).strftime(_TIME_FORMAT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, MappingError
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
-from kapture_provider.sync.ledger import Ledger, LedgerNotSupported
+from kapture_provider.sync.ledger import Ledger, LedgerNotSupported, parse_time
 from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, newest_per_order
 from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, describe, stream_rows, strip_sql
@@ -60,8 +61,18 @@ class SqlToKaptureOrdersOperator(BaseOperator):
     :param max_requests_per_second: optional ceiling, spread evenly over time across all workers.
     :param chunk_size: rows fetched and compared with the ledger at a time.
     :param dry_run: read, map, validate and compare with the ledger; send and record nothing.
-    :param max_failed_ratio: the task fails when ``(failed + invalid) / rows`` exceeds this (default 0),
-        after every other row has been delivered and recorded.
+    :param max_failed_ratio: of this run's own rows, the share that may be refused, undelivered or invalid
+        (default 0). The task fails when both this and ``failure_floor`` are exceeded — after every other
+        row has been delivered and recorded. Earlier runs' failures retried by this run do not count here.
+    :param failure_floor: how many of this run's own rows may fail whatever the ratio (default 0), so
+        that one refused order in a quiet hour (1 of 1) need not fail the run.
+    :param max_owed_orders: the task fails when, after the run, more orders than this are still owed to
+        Kapture (failed, retried by every run) in the ledger (default 1,000; ``None``: no limit).
+    :param max_owed_age: the task fails when an owed order has been failing for longer than this
+        (default 3 days; ``None``: no limit).
+    :param park_after_refusals: an order Kapture refused this many times in a row (transient failures do
+        not count) is parked: kept with its body and reason, listed, and no longer retried until its
+        row changes (default 3; ``None``: retry refused orders in every run).
     :param timezone: timezone datetimes are written in.
     :param row_mapper: optional callable ``row dict -> partial nested body`` merged over the columns.
     :param shard_index: with ``shard_count`` > 1, handle only orders whose stable hash
@@ -100,6 +111,10 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         chunk_size: int = 1000,
         dry_run: bool = False,
         max_failed_ratio: float = 0.0,
+        failure_floor: int = 0,
+        max_owed_orders: int | None = 1000,
+        max_owed_age: dt.timedelta | None = dt.timedelta(days=3),
+        park_after_refusals: int | None = 3,
         timezone: str = "UTC",
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
         shard_index: int = 0,
@@ -122,6 +137,10 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.chunk_size = chunk_size
         self.is_dry_run = dry_run
         self.max_failed_ratio = max_failed_ratio
+        self.failure_floor = failure_floor
+        self.max_owed_orders = max_owed_orders
+        self.max_owed_age = max_owed_age
+        self.park_after_refusals = park_after_refusals
         self.timezone = timezone
         self.row_mapper = row_mapper
         self.shard_index = shard_index
@@ -148,6 +167,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             max_concurrency=self.max_concurrency,
             dry_run=self.is_dry_run,
             shard=(self.shard_index, self.shard_count),
+            park_after_refusals=self.park_after_refusals,
         )
         check: NewestRowCheck | None = None
         chunks = None
@@ -231,31 +251,54 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         result = {**summary.as_dict(), "window": window.as_dict() if window else None}
         verb = "would send" if self.is_dry_run else "sent"
         self.log.info(
-            "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed, %d earlier failures retried), "
-            "%d unchanged, %d stale, %d invalid, %d duplicates, %d requests in %.1f s (%.1f orders/s)",
-            summary.rows_read, verb, summary.to_send, summary.succeeded, summary.failed, summary.retried,
-            summary.unchanged, summary.stale, summary.invalid, summary.duplicates, summary.requests,
-            summary.duration_seconds,
+            "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed), %d unchanged, %d stale, %d invalid, "
+            "%d duplicates; earlier failures: %d retried (%d delivered, %d failed); %d parked now; "
+            "still owed %d (failing since %s, up to %d attempts), %d parked in all; %d requests in %.1f s "
+            "(%.1f orders/s)",
+            summary.rows_read, verb, summary.to_send, summary.succeeded, summary.failed, summary.unchanged,
+            summary.stale, summary.invalid, summary.duplicates, summary.retried, summary.retried_delivered,
+            summary.retried_failed, summary.parked, summary.still_owed, summary.oldest_owed_since or "-",
+            summary.max_owed_attempts, summary.parked_total, summary.requests, summary.duration_seconds,
             summary.orders_per_second,
         )  # fmt: skip
         for problem in (summary.failed_orders + summary.invalid_rows)[:_LOGGED_PROBLEMS]:
             self.log.warning("Not delivered: %s", problem)
-        if summary.failure_ratio > self.max_failed_ratio:
+        reasons = self._failure_reasons(summary)
+        if reasons:
             context["ti"].xcom_push(key="return_value", value=result)
-            if summary.kapture_down:
-                raise AirflowException(
-                    "Kapture was unavailable: sending stopped after too many orders in a row failed on retries; "
-                    f"{summary.failed} orders are recorded as failed with their bodies pending in "
-                    f"{self.ledger_table} and the next run delivers them"
-                )
             raise AirflowException(
-                f"{summary.failed} failed and {summary.invalid} invalid of {summary.considered} orders "
-                f"({summary.failure_ratio:.2%} > max_failed_ratio {self.max_failed_ratio:.2%}); every other "
-                f"order was delivered and recorded. Failed orders are retried by the next run; fix invalid "
-                f"rows in the warehouse. Ledger: {self.ledger_table}"
+                "; ".join(reasons) + f". Every other order was delivered and recorded in {self.ledger_table}; "
+                "failed orders are retried by the next runs, invalid rows need fixing in the warehouse"
             )
         self._asset_events(context, result)
         return result
+
+    def _failure_reasons(self, summary: SyncSummary) -> list[str]:
+        """Why this run fails: Kapture down, too many of its own rows failed, or too much still owed."""
+        reasons = []
+        if summary.kapture_down:
+            reasons.append(
+                "Kapture was unavailable: sending stopped after too many orders in a row failed on retries, "
+                "the rest were recorded as failed with their bodies pending"
+            )
+        bad = summary.own_failed + summary.invalid
+        if bad > self.failure_floor and summary.failure_ratio > self.max_failed_ratio:
+            reasons.append(
+                f"{summary.own_failed} failed and {summary.invalid} invalid of this run's {summary.rows_read} rows "
+                f"({summary.failure_ratio:.2%} > max_failed_ratio {self.max_failed_ratio:.2%}, "
+                f"{bad} > failure_floor {self.failure_floor})"
+            )
+        if self.max_owed_orders is not None and summary.still_owed > self.max_owed_orders:
+            reasons.append(
+                f"{summary.still_owed} orders still owed to Kapture (> max_owed_orders {self.max_owed_orders})"
+            )
+        age = _age(summary.oldest_owed_since)
+        if self.max_owed_age is not None and age is not None and age > self.max_owed_age:
+            reasons.append(
+                f"an order owed to Kapture has been failing since {summary.oldest_owed_since} "
+                f"(> max_owed_age {self.max_owed_age})"
+            )
+        return reasons
 
     def _asset_events(self, context: Context, result: Mapping[str, Any]) -> None:
         """The Asset outlets get an event only when orders were delivered, with the run's counts as its extra.
@@ -272,6 +315,13 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             extra |= {"window_start": result["window"]["start"], "window_end": result["window"]["end"]}
         for asset in assets:
             context["outlet_events"][asset].extra.update(extra)
+
+
+def _age(since: str | None) -> dt.timedelta | None:
+    """How long ago a ledger time (UTC text) was."""
+    if since is None:
+        return None
+    return dt.datetime.now(dt.UTC) - parse_time(since)
 
 
 def _db_hook(conn_id: str) -> DbApiHook:

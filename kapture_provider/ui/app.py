@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from kapture_provider.ui.owed import OwedOrders, owed_orders
+from kapture_provider.sync.ledger import Ledger, OwedOrder, OwedSummary
 from kapture_provider.ui.runs import SyncTask, sync_tasks
 
 #: Owed orders listed per ledger (the total is always counted in full).
@@ -38,7 +38,8 @@ class SyncView:
     """One sync task as the page shows it: its last runs and what its ledger still owes Kapture."""
 
     task: SyncTask
-    owed: OwedOrders | None
+    owed: OwedSummary | None  # how many orders are owed and parked
+    owed_orders: list[OwedOrder]  # the ones failing longest (never their pending body)
     owed_error: str | None  # why the ledger could not be read
 
 
@@ -66,9 +67,12 @@ def readable_syncs(user: Any, session: Session) -> list[SyncView]:
 
 def _with_owed(task: SyncTask) -> SyncView:
     if task.ledger_conn_id is None or task.ledger_table is None:
-        return SyncView(task, None, "no run has recorded where its ledger is yet")
+        return SyncView(task, None, [], "no run has recorded where its ledger is yet")
     try:
-        hook = Connection.get_connection_from_secrets(task.ledger_conn_id).get_hook()
-        return SyncView(task, owed_orders(hook, task.ledger_table, OWED_ORDERS_SHOWN), None)
+        ledger = Ledger(Connection.get_connection_from_secrets(task.ledger_conn_id).get_hook(), task.ledger_table)
+        try:
+            return SyncView(task, ledger.owed_summary(), ledger.owed_orders(OWED_ORDERS_SHOWN), None)
+        finally:
+            ledger.close()
     except Exception as err:  # shown on the page; the other syncs still render
-        return SyncView(task, None, f"cannot read {task.ledger_table} through {task.ledger_conn_id!r}: {err}")
+        return SyncView(task, None, [], f"cannot read {task.ledger_table} through {task.ledger_conn_id!r}: {err}")

@@ -1,7 +1,7 @@
-"""The Kapture page's read of the orders still owed to Kapture (``kapture_provider.ui.owed``), on real ledgers.
+"""What the ledger still owes Kapture (``Ledger.owed_summary`` and ``Ledger.owed_orders``), on every engine.
 
-The ledger is written by the sync engine's own :class:`Ledger`; the page reads it back on SQLite and
-PostgreSQL, with and without the ``failing_since`` column (ledgers written before it existed lack it).
+The ledger is written by its own ``record``, as the sync engine writes it; the Kapture page and the
+operator's failure policy read it back through these two methods.
 """
 
 from __future__ import annotations
@@ -9,75 +9,52 @@ from __future__ import annotations
 from typing import Any
 
 from kapture_provider.compat import BaseHook
-from kapture_provider.sync.ledger import DELIVERED, FAILED, INVALID, Ledger, Outcome
-from kapture_provider.ui.owed import owed_orders
+from kapture_provider.sync.ledger import DELIVERED, FAILED, INVALID, PARKED, Ledger, Outcome, OwedSummary
 
 TABLE = "kapture_order_sync_ledger"
 T1, T2, T3 = "2026-11-26T01:10:00.000000Z", "2026-11-26T02:10:00.000000Z", "2026-11-26T03:10:00.000000Z"
 BODY = b'{"customer_info": {"customer_name": "Quintessa Zorawar", "phone": "9012345601"}}'
 
 
-def hook() -> Any:
-    return BaseHook.get_connection("erp_warehouse").get_hook()  # what the warehouse fixtures point at
+def ledger() -> Ledger:
+    return Ledger(BaseHook.get_connection("erp_warehouse").get_hook(), TABLE)  # what the fixtures point at
 
 
-def write_ledger() -> None:
-    """A delivered order, one refused twice, one refused once, one delivered then refused, one invalid row."""
-    ledger = Ledger(hook(), TABLE)
-    ledger.create()
-    ledger.record([Outcome("A", DELIVERED, "h1", "n:1")], T1)
-    ledger.record([Outcome("B", FAILED, "h2", "n:1", BODY, "order B: Kapture refused the order")], T1)
-    ledger.record([Outcome("C", FAILED, "h3", "n:1", BODY, "order C: Kapture refused the order")], T2)
-    ledger.record([Outcome("D", INVALID, error="row 4: customer_name is empty")], T2)
-    ledger.record([Outcome("B", FAILED, "h2", "n:1", BODY, "order B: Kapture refused the order again")], T3)
-    ledger.record([Outcome("A", FAILED, "h4", "n:2", BODY, "order A: Kapture refused the order")], T3)
-    ledger.close()
+def refused(order_id: str, refusals: int, status: str = FAILED) -> Outcome:
+    error = f"order {order_id}: Kapture refused the order ({refusals})"
+    return Outcome(order_id, status, f"h-{order_id}", "n:1", BODY, error, refusals=refusals)
 
 
-def columns(warehouse: Any) -> set[str]:
-    if warehouse.kind == "sqlite":
-        return {row[1] for row in warehouse.query(f"PRAGMA table_info({TABLE})")}
-    rows = warehouse.query(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-        (warehouse.schema, TABLE),
-    )
-    return {row[0] for row in rows}
+def test_owed_and_parked_orders_failing_longest_first(any_warehouse: Any) -> None:
+    """A delivered, then refused; B refused twice; C refused once; D invalid; E parked; F delivered."""
+    book = ledger()
+    book.create()
+    book.record([Outcome("A", DELIVERED, "h1", "n:1"), refused("B", 1), Outcome("F", DELIVERED, "h6", "n:1")], T1)
+    book.record([refused("C", 1), Outcome("D", INVALID, error="row 4: customer_name is empty")], T2)
+    book.record([refused("B", 2), refused("A", 1), refused("E", 3, PARKED)], T3)
+
+    summary, orders = book.owed_summary(), book.owed_orders(limit=3)
+    book.close()
+
+    assert summary == OwedSummary(owed=3, oldest_failing_since=T1, max_attempts=2, parked=1)  # A, B, C; E
+    assert [(o.order_id, o.status, o.attempts, o.refusals, o.failing_since, o.last_attempt_at) for o in orders] == [
+        ("B", FAILED, 2, 2, T1, T3),  # failing since its first refusal, not since its last
+        ("C", FAILED, 1, 1, T2, T2),
+        ("A", FAILED, 2, 1, T3, T3),  # delivered at T1: failing only since T3
+    ]  # E (also failing since T3) is left out by the limit; D is the warehouse's to fix, F is delivered
+    assert orders[0].last_error == "order B: Kapture refused the order (2)"
+    assert "Quintessa" not in repr(orders) and "9012345601" not in repr(orders)  # never the pending body
 
 
-def test_owed_orders_are_the_failed_ones_known_longest_first(warehouse: Any) -> None:
-    write_ledger()
-    if "failing_since" in columns(warehouse):  # read it as a ledger written before the column existed
-        warehouse.execute(f"ALTER TABLE {TABLE} DROP COLUMN failing_since")
+def test_delivery_clears_what_was_owed(any_warehouse: Any) -> None:
+    book = ledger()
+    book.create()
+    book.record([refused("A", 1), refused("B", 3, PARKED)], T1)
+    book.record([Outcome("A", DELIVERED, "h1", "n:1"), Outcome("B", DELIVERED, "h2", "n:2")], T2)
 
-    owed = owed_orders(hook(), TABLE, limit=2)
+    summary, orders = book.owed_summary(), book.owed_orders()
+    (entry,) = book.lookup(["B"]).values()
+    book.close()
 
-    assert owed.total == 3  # A, B and C; the invalid row D is not owed to Kapture: the warehouse must fix it
-    a, b = owed.orders  # first seen at T1, both; the limit leaves C out
-    assert (a.order_id, a.attempts, a.last_failure, a.last_error) == ("A", 2, T3, "order A: Kapture refused the order")
-    assert a.first_failure is None  # delivered once: when it started failing is not in an old ledger
-    assert (b.order_id, b.attempts, b.first_failure, b.last_failure) == ("B", 2, T1, T3)
-    assert b.last_error == "order B: Kapture refused the order again"
-    assert "Quintessa" not in repr(owed) and "9012345601" not in repr(owed)  # pending bodies are never read
-
-
-def test_owed_orders_read_failing_since_when_the_ledger_has_it(warehouse: Any) -> None:
-    write_ledger()
-    if "failing_since" not in columns(warehouse):
-        warehouse.execute(f"ALTER TABLE {TABLE} ADD COLUMN failing_since VARCHAR(32)")
-    placeholder = warehouse.placeholder
-    warehouse.execute(f"UPDATE {TABLE} SET failing_since = {placeholder} WHERE order_id = 'A'", (T3,))
-
-    (a,) = owed_orders(hook(), TABLE, limit=1).orders
-
-    assert (a.order_id, a.first_failure) == ("A", T3)
-
-
-def test_no_owed_orders(warehouse: Any) -> None:
-    ledger = Ledger(hook(), TABLE)
-    ledger.create()
-    ledger.record([Outcome("A", DELIVERED, "h1", "n:1")], T1)
-    ledger.close()
-
-    owed = owed_orders(hook(), TABLE)
-
-    assert (owed.total, owed.orders) == (0, [])
+    assert (summary, orders) == (OwedSummary(), [])
+    assert (entry.status, entry.refusals) == (DELIVERED, 0)

@@ -343,7 +343,10 @@ def page_data(driver: Any) -> dict[str, dict[str, Any]]:
             for row in section.find_elements(By.CSS_SELECTOR, "table.runs tbody tr")
         }
         total = section.find_element(By.CSS_SELECTOR, "[data-field=owed-total]").text
-        shown[section.get_attribute("data-dag-id")] = {"owed_total": total, "owed": owed, "runs": runs}
+        parked = section.find_element(By.CSS_SELECTOR, "[data-field=parked-total]").text
+        shown[section.get_attribute("data-dag-id")] = {
+            "owed_total": total, "parked_total": parked, "owed": owed, "runs": runs
+        }  # fmt: skip
     return shown
 
 
@@ -399,10 +402,12 @@ def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summa
     assert set(owed) == {REFUSED} and delivered == {"S1001", "S1003", "S1004", "S1005", "S1006"}
     sales = shown[SALES_DAG]
     assert sales["owed_total"] == str(len(owed))
-    order_id, attempts, first_failure, last_failure, last_error = sales["owed"][REFUSED]
-    assert (order_id, attempts) == (REFUSED, str(owed[REFUSED]["attempts"])) == (REFUSED, "2")
+    assert sales["parked_total"] == "0"
+    order_id, status, attempts, refusals, failing_since, last_failure, last_error = sales["owed"][REFUSED]
+    assert (order_id, status, attempts, refusals) == (REFUSED, "failed", str(owed[REFUSED]["attempts"]), "2")
+    assert attempts == "2"
     assert last_failure == owed[REFUSED]["last_attempt_at"] and last_error == owed[REFUSED]["last_error"]
-    assert first_failure == owed[REFUSED]["first_seen_at"]  # never delivered: failing since it was first seen
+    assert failing_since == owed[REFUSED]["first_seen_at"]  # never delivered: failing since it was first seen
     assert "Order Updation Failed" in last_error
 
     summaries = deployment.summaries(SALES_DAG)
