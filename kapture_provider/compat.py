@@ -27,10 +27,10 @@ from airflow.providers.common.compat.sdk import (
 from packaging.version import Version
 
 # Our own version flags, as common-compat's version_compat asks providers to keep (not import from it).
-AIRFLOW_VERSION = Version(Version(_airflow_version).base_version)
-AIRFLOW_V_3_0_PLUS = AIRFLOW_VERSION >= Version("3.0.0")
-AIRFLOW_V_3_1_PLUS = AIRFLOW_VERSION >= Version("3.1.0")
-AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION >= Version("3.2.0")
+AIRFLOW_VERSION = Version(_airflow_version)
+AIRFLOW_V_3_0_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 0)
+AIRFLOW_V_3_1_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 1)
+AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 2)
 
 try:  # in airflow.sdk from 3.2 on
     from airflow.sdk import CronDataIntervalTimetable
@@ -46,10 +46,10 @@ def make_asset(name: str, uri: str) -> Any:
 
 
 __all__ = [
+    "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
     "AIRFLOW_V_3_1_PLUS",
     "AIRFLOW_V_3_2_PLUS",
-    "AIRFLOW_VERSION",
     "DAG",
     "AirflowException",
     "AirflowFailException",
