@@ -123,7 +123,7 @@ def run(series: str) -> dict[str, object]:
          f"--junitxml={report}", *(str(REPO / p) for p in TEST_PATHS)],
         cwd=VENVS, check=False,
     )  # fmt: skip
-    counts, skips = junit_summary(report)
+    counts, skips, checks = junit_summary(report)
     result: dict[str, object] = {
         "series": series,
         "airflow": spec.airflow,
@@ -132,6 +132,7 @@ def run(series: str) -> dict[str, object]:
         "exit_code": proc.returncode,
         **counts,
         "skipped_reasons": skips,
+        "checks": checks,
         "venv_seconds": round(built - started, 1),
         "test_seconds": round(time.monotonic() - built, 1),
     }
@@ -140,20 +141,32 @@ def run(series: str) -> dict[str, object]:
     return result
 
 
-def junit_summary(report: Path) -> tuple[dict[str, int], list[str]]:
-    """Passed/failed/skipped counts and the distinct skip reasons of a pytest JUnit XML report."""
-    if not report.exists():
-        return {"passed": 0, "failed": 0, "skipped": 0}, []
-    failed = skipped = total = 0
+#: Single checks the table shows on their own: a test's name → the column they fill.
+KEY_CHECKS = {
+    "test_airflow_dags_test_runs_the_hourly_sync": "airflow dags test",
+    "test_ui_form_shows_every_extra_with_its_label_and_type": "connection form",
+}
+
+
+def junit_summary(report: Path) -> tuple[dict[str, int], list[str], dict[str, str]]:
+    """Counts, distinct skip reasons and the :data:`KEY_CHECKS` outcomes of a pytest JUnit XML report."""
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
     reasons: set[str] = set()
+    checks = dict.fromkeys(KEY_CHECKS.values(), "not run")
+    if not report.exists():
+        return counts, [], checks
     for case in ET.parse(report).getroot().iter("testcase"):
-        total += 1
         if case.find("failure") is not None or case.find("error") is not None:
-            failed += 1
+            outcome = "failed"
         elif (skip := case.find("skipped")) is not None:
-            skipped += 1
+            outcome = "skipped"
             reasons.add(skip.get("message", "").removeprefix("Skipped: "))
-    return {"passed": total - failed - skipped, "failed": failed, "skipped": skipped}, sorted(reasons)
+        else:
+            outcome = "passed"
+        counts[outcome] += 1
+        if (column := KEY_CHECKS.get(case.get("name", ""))) is not None:
+            checks[column] = outcome
+    return counts, sorted(reasons), checks
 
 
 def installed_providers(venv: Path) -> dict[str, str]:
@@ -175,8 +188,9 @@ TABLE_END = "<!-- /supported-versions -->"
 def table() -> str:
     """The README's supported-versions table, from the result files of the last matrix run."""
     rows = [
-        "| Airflow | libraries as of | common-compat | common-sql | tests passed | skipped | failed | result |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Airflow | libraries as of | common-compat | tests passed | skipped | failed | `airflow dags test` "
+        "| connection form in the UI | result |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     skip_notes: dict[str, list[str]] = {}
     for series in SERIES:
@@ -184,17 +198,16 @@ def table() -> str:
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        providers = r["providers"]
         ok = r["exit_code"] == 0 and r["failed"] == 0
         rows.append(
-            f"| {r['airflow']} | {r['libraries_as_of']} | {providers.get('common-compat', '-')} | "
-            f"{providers.get('common-sql', '-')} | {r['passed']} | {r['skipped']} | {r['failed']} | "
-            f"{'supported' if ok else 'FAILING'} |"
+            f"| {r['airflow']} | {r['libraries_as_of']} | {r['providers'].get('common-compat', '-')} | "
+            f"{r['passed']} | {r['skipped']} | {r['failed']} | {r['checks']['airflow dags test']} | "
+            f"{r['checks']['connection form']} | {'supported' if ok else 'FAILING'} |"
         )
         for reason in r["skipped_reasons"]:
             skip_notes.setdefault(reason, []).append(r["airflow"])
     notes = [f"- skipped on {', '.join(versions)}: {reason}" for reason, versions in skip_notes.items()]
-    return "\n".join([TABLE_START, *rows, "", *notes, TABLE_END] if notes else [TABLE_START, *rows, TABLE_END])
+    return "\n".join([TABLE_START, *rows, *([""] if notes else []), *notes, TABLE_END])
 
 
 def write_table() -> None:
