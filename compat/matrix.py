@@ -67,7 +67,7 @@ PROVIDERS = (
 #: Airflow in ``make test``.
 TEST_PATHS = (
     "tests/hooks", "tests/operators", "tests/test_payload.py", "tests/sync", "tests/test_provider_info.py",
-    "tests/test_dags_cli.py", "tests/testing",
+    "tests/test_example_dags.py", "tests/test_dags_cli.py", "tests/testing",
 )  # fmt: skip
 
 
