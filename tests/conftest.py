@@ -214,8 +214,8 @@ def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]
 
     On Airflow 3, ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise
     looks for them in the dags folder and fails with "the dag is not serialized"), so the DAG is written
-    there first, in the ``dags-folder`` bundle, as the DAG processor would. Airflow 2 runs it as it is
-    (and calls the logical date ``execution_date``).
+    there first, in the ``dags-folder`` bundle, as the DAG processor would. On Airflow 2 (which calls the
+    logical date ``execution_date``) the DAG is synced to the DB the same way, so that its datasets exist.
     """
     from kapture_provider.compat import AIRFLOW_V_3_0_PLUS
 
@@ -228,6 +228,7 @@ def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]
             write_serialized_dag(dag)
             dag_run = dag.test(logical_date=logical_date, run_conf=conf)
         else:  # pragma: no cover - Airflow 2
+            dag.sync_to_db()  # its datasets too: an outlet event needs the dataset's row
             dag_run = dag.test(execution_date=logical_date, run_conf=conf)
         tis = dag_run.get_task_instances()
         return DagTestResult(
