@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -85,17 +84,14 @@ def lock_path(series: str) -> Path:
 def lock(series: str) -> None:
     """Compile the capped lock file of one series."""
     spec = SERIES[series]
-    with tempfile.TemporaryDirectory() as tmp:
-        pin = Path(tmp) / "airflow.in"
-        pin.write_text(f"apache-airflow=={spec.airflow}\n")
-        providers = [f"--exclude-newer-package=apache-airflow-providers-{p}={PROVIDERS_AS_OF}" for p in PROVIDERS]
-        subprocess.run(
-            [uv(), "pip", "compile", "--quiet", "--python-version", PYTHON_VERSION, "--exclude-newer", spec.cutoff,
-             *providers, "--extra", "test", "--no-emit-package", "airflow-provider-kapture",
-             "--custom-compile-command", f"python compat/matrix.py lock {series}",
-             "-o", str(lock_path(series)), str(pin), "pyproject.toml"],
-            cwd=REPO, check=True,
-        )  # fmt: skip
+    providers = [f"--exclude-newer-package=apache-airflow-providers-{p}={PROVIDERS_AS_OF}" for p in PROVIDERS]
+    subprocess.run(
+        [uv(), "pip", "compile", "--quiet", "--python-version", PYTHON_VERSION, "--exclude-newer", spec.cutoff,
+         *providers, "--extra", "test", "--no-emit-package", "airflow-provider-kapture",
+         "--custom-compile-command", f"python compat/matrix.py lock {series}",
+         "-o", str(lock_path(series)), "-", "pyproject.toml"],
+        input=f"apache-airflow=={spec.airflow}\n", text=True, cwd=REPO, check=True,
+    )  # fmt: skip
     print(f"{lock_path(series).relative_to(REPO)}: apache-airflow {spec.airflow}, libraries as of {spec.cutoff}")
 
 

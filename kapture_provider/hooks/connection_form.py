@@ -125,12 +125,13 @@ def form_widgets() -> dict[str, Any]:
     widgets: dict[str, Any] = {}
     for f in EXTRA_FIELDS:
         validators = [Optional()] + ([NumberRange(min=f.minimum)] if f.minimum is not None else [])
+        common = {"description": f.description, "default": f.default}
         if f.kind == "boolean":
-            widgets[f.name] = BooleanField(f.label, description=f.description)
+            widgets[f.name] = BooleanField(f.label, **common)
         elif f.secret:
-            widgets[f.name] = PasswordField(f.label, description=f.description, **password)
+            widgets[f.name] = PasswordField(f.label, **common, **password)
         elif f.kind == "integer":
-            widgets[f.name] = IntegerField(f.label, description=f.description, validators=validators, **text)
+            widgets[f.name] = IntegerField(f.label, validators=validators, **common, **text)
         else:  # numbers are entered as text: wtforms has no float field Airflow's form accepts
-            widgets[f.name] = StringField(f.label, description=f.description, **text)
+            widgets[f.name] = StringField(f.label, **{**common, "default": str(f.default)}, **text)
     return widgets
