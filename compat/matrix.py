@@ -58,8 +58,8 @@ SERIES: dict[str, Series] = {
 PROVIDERS_AS_OF = "2026-12-01"
 #: Every provider any supported Airflow or this package pulls in (uv needs the exact names).
 PROVIDERS = (
-    "common-compat", "common-io", "common-sql", "fab", "ftp", "http", "imap", "postgres", "smtp", "sqlite",
-    "standard",
+    "common-compat", "common-io", "common-sql", "duckdb", "fab", "ftp", "http", "imap", "mysql", "oracle",
+    "postgres", "smtp", "sqlite", "standard",
 )  # fmt: skip
 #: The matrix subset: hook, operators, payload, sync engine and ledger, DAGs (``dag.test()`` and the
 #: ``airflow dags test`` CLI), the connection form, the emulator. The whole suite runs on the newest
