@@ -36,7 +36,9 @@ def test_airflow_dags_test_runs_the_hourly_sync(
     tmp_path: Path, kapture_conn: KaptureEmulator, airflow_metadata_db: Path
 ) -> None:
     warehouse = tmp_path / "erp.db"
-    subprocess.run([sys.executable, "-m", "kapture_provider.testing.warehouse", "--db", str(warehouse)], check=True)
+    # the README's command, word for word (in the folder that gets erp.db)
+    seed = [sys.executable, "-m", "kapture_provider.testing.warehouse", "--db", "erp.db"]
+    subprocess.run(seed, cwd=tmp_path, check=True)
     with sqlite3.connect(warehouse) as conn:
         expected = {
             order_id
