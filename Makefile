@@ -1,11 +1,12 @@
 # Two commands: `make demo` and `make test`. Each sets up .venv from requirements.lock first.
+# `make test-compat` runs the compatibility matrix: the core tests on every supported Airflow.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint pytest bench bench-quick clean
+.PHONY: demo test lint pytest test-compat compat-lock bench bench-quick clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -28,6 +29,16 @@ pytest: $(STAMP)
 
 test: lint pytest
 
+# A venv per Airflow series (compat/locks/), the matrix subset of the tests in each, then the README's
+# supported-versions table from the results. COMPAT_SERIES="2.11 3.0" runs only those.
+test-compat: $(STAMP)
+	$(BIN)/python compat/matrix.py run $(COMPAT_SERIES)
+	$(BIN)/python compat/matrix.py table
+
+# Recompile the matrix's locks after changing dependencies in pyproject.toml (needs PyPI).
+compat-lock: $(STAMP)
+	$(BIN)/python compat/matrix.py lock
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
@@ -39,4 +50,4 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .compat .demo .pytest_cache .mypy_cache .ruff_cache

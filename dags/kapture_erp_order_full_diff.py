@@ -13,12 +13,17 @@ use the same ledger, so an order one of them delivered is unchanged for the othe
 from __future__ import annotations
 
 import datetime as dt
+import sys
+from pathlib import Path
 
 import pendulum
 from airflow.providers.common.compat.sdk import DAG
-from kapture_erp_orders import ALL_ORDERS_SQL, KAPTURE_ORDERS
 
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
+
+if str(Path(__file__).parent) not in sys.path:  # Airflow 3.0's CLI leaves the DAGs folder off sys.path
+    sys.path.append(str(Path(__file__).parent))
+from kapture_erp_orders import ALL_ORDERS_SQL, KAPTURE_ORDERS
 
 with DAG(
     dag_id="kapture_erp_order_full_diff",

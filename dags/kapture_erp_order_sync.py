@@ -13,18 +13,18 @@ Backfill a day: ``airflow backfill create --dag-id kapture_erp_order_sync
 from __future__ import annotations
 
 import datetime as dt
+import sys
+from pathlib import Path
 
 import pendulum
 from airflow.providers.common.compat.sdk import DAG
-from kapture_erp_orders import (
-    CHANGED_ORDERS_SQL,
-    KAPTURE_ORDERS,
-    WINDOW_PARAMETERS,
-    WINDOW_PARAMS,
-)
 
 from kapture_provider.compat import CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
+
+if str(Path(__file__).parent) not in sys.path:  # Airflow 3.0's CLI leaves the DAGs folder off sys.path
+    sys.path.append(str(Path(__file__).parent))
+from kapture_erp_orders import CHANGED_ORDERS_SQL, KAPTURE_ORDERS, WINDOW_PARAMETERS, WINDOW_PARAMS
 
 with DAG(
     dag_id="kapture_erp_order_sync",

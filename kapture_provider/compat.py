@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow import __version__ as _airflow_version
 from airflow.providers.common.compat.sdk import (
     DAG,
     AirflowException,
@@ -21,12 +22,15 @@ from airflow.providers.common.compat.sdk import (
     Context,
     Param,
     mask_secret,
+    redact,
 )
-from airflow.providers.common.compat.version_compat import (
-    AIRFLOW_V_3_0_PLUS,
-    AIRFLOW_V_3_1_PLUS,
-    AIRFLOW_V_3_2_PLUS,
-)
+from packaging.version import Version
+
+# Our own version flags, as common-compat's version_compat asks providers to keep (not import from it).
+AIRFLOW_VERSION = Version(_airflow_version)
+AIRFLOW_V_3_0_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 0)
+AIRFLOW_V_3_1_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 1)
+AIRFLOW_V_3_2_PLUS = AIRFLOW_VERSION.release[:2] >= (3, 2)
 
 try:  # in airflow.sdk from 3.2 on
     from airflow.sdk import CronDataIntervalTimetable
@@ -42,6 +46,7 @@ def make_asset(name: str, uri: str) -> Any:
 
 
 __all__ = [
+    "AIRFLOW_VERSION",
     "AIRFLOW_V_3_0_PLUS",
     "AIRFLOW_V_3_1_PLUS",
     "AIRFLOW_V_3_2_PLUS",
@@ -59,4 +64,5 @@ __all__ = [
     "Param",
     "make_asset",
     "mask_secret",
+    "redact",
 ]

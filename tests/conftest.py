@@ -155,20 +155,49 @@ class DagTestResult:
 
     def xcom(self, task_id: str, key: str = "return_value") -> Any:
         """The XCom value a task pushed in this run, or None."""
-        from airflow.models.xcom import XComModel
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
+        from kapture_provider.compat import AIRFLOW_V_3_0_PLUS
+
+        if AIRFLOW_V_3_0_PLUS:
+            from airflow.models.xcom import XComModel as xcom_table
+        else:  # pragma: no cover - Airflow 2
+            from airflow.models.xcom import BaseXCom as xcom_table  # type: ignore[no-redef]
+
         with create_session() as session:
             value = session.scalar(
-                select(XComModel.value).where(
-                    XComModel.dag_id == self.dag_run.dag_id,
-                    XComModel.run_id == self.dag_run.run_id,
-                    XComModel.task_id == task_id,
-                    XComModel.key == key,
+                select(xcom_table.value).where(
+                    xcom_table.dag_id == self.dag_run.dag_id,
+                    xcom_table.run_id == self.dag_run.run_id,
+                    xcom_table.task_id == task_id,
+                    xcom_table.key == key,
                 )
             )
-        return XComModel.deserialize_value(_XComRow(value)) if value is not None else None
+        return xcom_table.deserialize_value(_XComRow(value)) if value is not None else None
+
+
+def write_serialized_dag(dag: Any) -> None:
+    """Store ``dag`` serialized in the ``dags-folder`` bundle, as Airflow 3's DAG processor does."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    from kapture_provider.compat import AIRFLOW_V_3_1_PLUS
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)  # the DAG row references its bundle
+        session.flush()
+        if AIRFLOW_V_3_1_PLUS:
+            parsed = [LazyDeserializedDAG.from_dag(dag)]
+            update_dag_parsing_results_in_db("dags-folder", None, parsed, {}, None, set(), session=session)
+        else:  # 3.0: no parse duration, and the serialized form is built by hand, as its DagBag does
+            from airflow.serialization.serialized_objects import SerializedDAG
+
+            dag.relative_fileloc = dag.relative_fileloc or Path(dag.fileloc).name
+            parsed = [LazyDeserializedDAG(data=SerializedDAG.to_dict(dag))]
+            update_dag_parsing_results_in_db("dags-folder", None, parsed, {}, set(), session=session)
 
 
 @dataclass
@@ -183,23 +212,24 @@ def run_dag(airflow_metadata_db: Path) -> Iterator[Callable[..., DagTestResult]]
     ``run(dag)`` (a run without a logical date) or ``run(dag, logical_date)``, optionally with ``conf`` (the
     run's params); a run at the same logical date replaces the earlier one, so an interval can be re-run.
 
-    ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise looks for them in
-    the dags folder and fails with "the dag is not serialized"), so the DAG is written there first, in
-    the ``dags-folder`` bundle, as the DAG processor would.
+    On Airflow 3, ``dag.test()`` only runs DAGs that are serialized in the metadata DB (it otherwise
+    looks for them in the dags folder and fails with "the dag is not serialized"), so the DAG is written
+    there first, in the ``dags-folder`` bundle, as the DAG processor would. On Airflow 2 (which calls the
+    logical date ``execution_date``) the DAG is synced to the DB the same way, so that its datasets exist.
     """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
+    from kapture_provider.compat import AIRFLOW_V_3_0_PLUS
+
+    if not AIRFLOW_V_3_0_PLUS:  # pragma: no cover - Airflow 2
+        # dag_run_note refers to FAB's ab_user: without its model, replacing a run cannot order the deletes
+        import airflow.providers.fab.auth_manager.models  # noqa: F401
 
     def run(dag: Any, logical_date: Any = None, conf: dict[str, Any] | None = None) -> DagTestResult:
-        with create_session() as session:
-            DagBundlesManager().sync_bundles_to_db(session=session)  # the DAG row references its bundle
-            session.flush()
-            update_dag_parsing_results_in_db(
-                "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
-            )
-        dag_run = dag.test(logical_date=logical_date, run_conf=conf)
+        if AIRFLOW_V_3_0_PLUS:
+            write_serialized_dag(dag)
+            dag_run = dag.test(logical_date=logical_date, run_conf=conf)
+        else:  # pragma: no cover - Airflow 2
+            dag.sync_to_db()  # its datasets too: an outlet event needs the dataset's row
+            dag_run = dag.test(execution_date=logical_date, run_conf=conf)
         tis = dag_run.get_task_instances()
         return DagTestResult(
             dag_run=dag_run,

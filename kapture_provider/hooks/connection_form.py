@@ -105,22 +105,33 @@ def ui_field_behaviour() -> dict[str, Any]:
 
 
 def form_widgets() -> dict[str, Any]:
-    """The extras as wtforms fields, as ``BaseHook.get_connection_form_widgets()`` returns them (Airflow < 3.2)."""
-    from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+    """The extras as wtforms fields, as ``BaseHook.get_connection_form_widgets()`` returns them (Airflow < 3.2).
+
+    Airflow 3.0 and 3.1 read these with stand-ins for wtforms' field classes (their React UI needs the
+    field types only); Airflow 3.0 does so only when wtforms is installed, hence the dependency on it.
+    Flask AppBuilder's Bootstrap widgets are used where it is installed (Airflow 2's UI).
+    """
     from wtforms import BooleanField, IntegerField, PasswordField, StringField
     from wtforms.validators import NumberRange, Optional
+
+    try:
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+    except ImportError:  # Airflow 3 without the FAB provider: no Flask UI to style
+        text: dict[str, Any] = {}
+        password: dict[str, Any] = {}
+    else:
+        text, password = {"widget": BS3TextFieldWidget()}, {"widget": BS3PasswordFieldWidget()}
 
     widgets: dict[str, Any] = {}
     for f in EXTRA_FIELDS:
         validators = [Optional()] + ([NumberRange(min=f.minimum)] if f.minimum is not None else [])
+        common = {"description": f.description, "default": f.default}
         if f.kind == "boolean":
-            widgets[f.name] = BooleanField(f.label, description=f.description)
+            widgets[f.name] = BooleanField(f.label, **common)
         elif f.secret:
-            widgets[f.name] = PasswordField(f.label, description=f.description, widget=BS3PasswordFieldWidget())
+            widgets[f.name] = PasswordField(f.label, **common, **password)
         elif f.kind == "integer":
-            widgets[f.name] = IntegerField(
-                f.label, description=f.description, validators=validators, widget=BS3TextFieldWidget()
-            )
+            widgets[f.name] = IntegerField(f.label, validators=validators, **common, **text)
         else:  # numbers are entered as text: wtforms has no float field Airflow's form accepts
-            widgets[f.name] = StringField(f.label, description=f.description, widget=BS3TextFieldWidget())
+            widgets[f.name] = StringField(f.label, **{**common, "default": str(f.default)}, **text)
     return widgets

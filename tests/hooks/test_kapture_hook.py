@@ -388,7 +388,7 @@ def test_missing_password_is_refused(make_hook) -> None:
 
 
 def test_basic_token_is_registered_with_the_secret_masker(kapture_emulator: KaptureEmulator, make_hook) -> None:
-    from airflow.sdk._shared.secrets_masker import redact
+    from kapture_provider.compat import redact
 
     login, password = "masker-user", f"masker-{uuid.uuid4().hex}"
     kapture_emulator.configure(username=login, password=password)
@@ -404,7 +404,7 @@ def test_basic_token_is_registered_with_the_secret_masker(kapture_emulator: Kapt
 
 
 def test_ready_made_token_is_registered_with_the_secret_masker(make_hook) -> None:
-    from airflow.sdk._shared.secrets_masker import redact
+    from kapture_provider.compat import redact
 
     token = f"tok-{uuid.uuid4().hex}"
     assert token in redact(f"x {token} y")

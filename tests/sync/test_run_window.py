@@ -13,9 +13,10 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import pytest
 from test_interval_dag import order_row
 
-from kapture_provider.compat import DAG
+from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, DAG
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
@@ -25,24 +26,52 @@ from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 TASK_ID = "sync_changed_orders"
 DAY = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
+runs_without_logical_date = pytest.mark.skipif(
+    not AIRFLOW_V_3_0_PLUS, reason="runs without a logical date exist from Airflow 3.0 on"
+)
 
 
 def sent_ids(emulator: KaptureEmulator) -> Counter[str]:
     return Counter(r.order_id for r in emulator.requests if r.path == ADD_UPDATE_PATH)
 
 
-def asset_events(*runs: Any) -> list[dict[str, Any]]:
-    """The ``extra`` of each event these runs emitted for the example asset, oldest first."""
-    from airflow.models.asset import AssetEvent, AssetModel
+def asset_event_tables() -> tuple[Any, Any, Any]:
+    """Airflow's asset event and asset tables, and the event's asset column (Airflow 2 calls them datasets)."""
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.models.asset import AssetEvent, AssetModel
+
+        return AssetEvent, AssetModel, AssetEvent.asset_id
+    from airflow.models.dataset import DatasetEvent, DatasetModel  # pragma: no cover - Airflow 2
+
+    return DatasetEvent, DatasetModel, DatasetEvent.dataset_id  # pragma: no cover - Airflow 2
+
+
+def latest_asset_event_id() -> int:
     from airflow.utils.session import create_session
+    from sqlalchemy import func, select
+
+    event_table, _, _ = asset_event_tables()
+    with create_session() as session:
+        return session.scalar(select(func.max(event_table.id))) or 0
+
+
+def asset_events(*runs: Any, after: int) -> list[dict[str, Any]]:
+    """The ``extra`` of each event these runs emitted for the example asset after event ``after``, oldest first.
+
+    (A later run at the same logical date reuses a run id, so the run ids alone do not tell.)
+    """
+    from airflow.utils.session import create_session
+    from kapture_erp_orders import KAPTURE_ORDERS
     from sqlalchemy import select
 
+    AssetEvent, AssetModel, asset_id = asset_event_tables()
     with create_session() as session:
         events = session.scalars(
             select(AssetEvent)
-            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.name == "kapture_orders")
+            .join(AssetModel, AssetModel.id == asset_id)
+            .where(AssetModel.uri == KAPTURE_ORDERS.uri)  # Airflow 2 normalises it to kapture://orders/
             .where(AssetEvent.source_run_id.in_([run.dag_run.run_id for run in runs]))
+            .where(AssetEvent.id > after)
             .order_by(AssetEvent.id)
         )
         return [dict(event.extra or {}) for event in events]
@@ -76,6 +105,7 @@ def test_half_a_window_is_refused_before_reading(sqlite_warehouse, kapture_conn,
     assert sent_ids(kapture_conn) == Counter()
 
 
+@runs_without_logical_date
 def test_run_without_logical_date_carries_on_from_the_last_successful_sync(
     warehouse, kapture_conn, example_dag, run_dag, capfd
 ) -> None:
@@ -110,6 +140,7 @@ def test_run_without_logical_date_carries_on_from_the_last_successful_sync(
     assert (summary["rows_read"], summary["requests"]) == (0, 0)
 
 
+@runs_without_logical_date
 def test_first_run_without_logical_date_starts_at_the_dag_start_date(
     sqlite_warehouse, kapture_conn, example_dag, run_dag
 ) -> None:
@@ -163,13 +194,14 @@ def test_asset_event_only_when_orders_were_delivered_with_the_counts(
 ) -> None:
     sqlite_warehouse.insert_orders([order_row(f"0000000{n}", DAY + HOUR + n * dt.timedelta(minutes=1)) for n in (1, 2)])
 
+    seen = latest_asset_event_id()
     delivered = run_dag(example_dag, DAY + 2 * HOUR)
     unchanged = run_dag(example_dag, DAY + 2 * HOUR)  # the same interval again: nothing to send
     empty = run_dag(example_dag, DAY + 5 * HOUR)  # an hour without changes
 
     assert [r.state for r in (delivered, unchanged, empty)] == ["success"] * 3
     assert unchanged.xcom(TASK_ID)["unchanged"] == 2
-    (event,) = asset_events(delivered, unchanged, empty)
+    (event,) = asset_events(delivered, unchanged, empty, after=seen)
     assert event == {
         "rows_read": 2, "succeeded": 2, "failed": 0, "invalid": 0, "unchanged": 0, "stale": 0, "retried": 0,
         "window_start": "2026-11-26T01:00:00+00:00", "window_end": "2026-11-26T02:00:00+00:00",

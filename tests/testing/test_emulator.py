@@ -764,11 +764,12 @@ def test_lifecycle_and_connection_values() -> None:
         post_order(emulator)
 
 
-def test_connection_values_parse_in_airflow(kapture_conn: KaptureEmulator) -> None:
-    from kapture_provider.compat import BaseHook, Connection
+def test_connection_values_parse_in_airflow(kapture_conn: KaptureEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kapture_provider.compat import BaseHook
 
+    monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_URI", kapture_conn.connection_uri(retries=3))
     from_env = BaseHook.get_connection("kapture_default")
-    from_uri = Connection.from_uri(kapture_conn.connection_uri(retries=3), conn_id="kapture_uri")
+    from_uri = BaseHook.get_connection("kapture_uri")
 
     for connection in (from_env, from_uri):
         assert connection.conn_type == "kapture"
