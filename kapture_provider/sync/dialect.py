@@ -42,8 +42,9 @@ def engine_of(hook: DbApiHook) -> str:
         name = str(hook.dialect_name).lower()
     except Exception:  # a hook whose URI cannot be built without its optional packages
         name = "default"
-    if name == "default":
-        return _CONN_TYPES.get(str(getattr(hook, "conn_type", "")), name)
+    if name == "default":  # then the connection type names the engine, if anything does
+        conn_type = str(getattr(hook, "conn_type", "") or "")
+        return _CONN_TYPES.get(conn_type, conn_type or name)
     return _ALIASES.get(name, name)
 
 

@@ -150,7 +150,7 @@ def connect_url(url: str) -> Any:
     """A DB-API connection from ``sqlite:///path``, ``postgresql://…``, ``mysql://…`` or ``duckdb:///path``."""
     parts = urlsplit(url)
     scheme = parts.scheme.split("+")[0]
-    database = unquote(parts.path.lstrip("/"))
+    database = unquote(parts.path[1:])  # SQLAlchemy's spelling: sqlite:///relative, sqlite:////absolute
     if scheme == SQLITE:
         return sqlite3.connect(database)
     if scheme == DUCKDB:
