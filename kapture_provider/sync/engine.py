@@ -169,6 +169,8 @@ class OrderSync:
         self._started = time.monotonic()
         self._started_at = _utc_now()
         self._done = threading.Event()  # set when the run ends: stops the progress reporter
+        self._expected_rows: int | None = None
+        self._rows_seen = 0  # rows fetched, those of other shards included (what expected_rows counts)
         self._ledger_ready = False
 
     # -- public ----------------------------------------------------------------------------------
@@ -180,8 +182,13 @@ class OrderSync:
         timezone: str = "UTC",
         version_column: str | None = None,
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        expected_rows: int | None = None,
     ) -> SyncSummary:
-        """Sync every row of ``chunks`` (rows shaped like ``columns``), then retry earlier failures."""
+        """Sync every row of ``chunks`` (rows shaped like ``columns``), then retry earlier failures.
+
+        ``expected_rows``, when known, lets progress lines show how far the run is and an ETA.
+        """
+        self._expected_rows = expected_rows
         mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
@@ -227,6 +234,7 @@ class OrderSync:
         id_index: int | None,
     ) -> None:
         summary = self.summary
+        self._rows_seen += len(chunk)
         if self.shard is not None:
             chunk = [row for row in chunk if self._in_shard(_best_effort_order_id(row, id_index))]
         first_row = summary.rows_read + 1
@@ -443,13 +451,23 @@ class OrderSync:
         """Log a progress line every ``progress_seconds`` until the run ends (the operator logs the summary)."""
         while not self._done.wait(self.progress_seconds):
             s = self.summary
-            sent = s.succeeded + s.failed
+            sent, elapsed = s.succeeded + s.failed, max(time.monotonic() - self._started, 1e-9)
             log.info(
-                "Kapture sync progress: %d rows read, %d sent (%d ok, %d failed), %d unchanged, %d stale, "
+                "Kapture sync progress: %d rows read%s, %d sent (%d ok, %d failed), %d unchanged, %d stale, "
                 "%d invalid, %.1f orders/s",
-                s.rows_read, sent, s.succeeded, s.failed, s.unchanged, s.stale, s.invalid,
-                sent / max(time.monotonic() - self._started, 1e-9),
+                s.rows_read, self._eta(elapsed), sent, s.succeeded, s.failed, s.unchanged, s.stale, s.invalid,
+                sent / elapsed,
             )  # fmt: skip
+
+    def _eta(self, elapsed: float) -> str:
+        """`` of N (x%), ETA …`` when the number of rows is known; rows count as done once decided or sent."""
+        if not self._expected_rows:
+            return ""
+        with self._lock:
+            done = self._rows_seen - len(self._outstanding)
+        share = min(done / self._expected_rows, 1.0)
+        eta = f", ETA {elapsed * (1 - share) / share:.0f} s" if share > 0 else ""
+        return f" of {self._expected_rows} ({share:.0%}){eta}"
 
 
 def shard_of(order_id: str, count: int) -> int:

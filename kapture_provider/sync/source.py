@@ -100,6 +100,20 @@ def describe(hook: DbApiHook, sql: str, parameters: Parameters) -> list[str]:
         conn.close()
 
 
+def count_rows(hook: DbApiHook, sql: str, parameters: Parameters) -> int:
+    """How many rows a query returns (one ``COUNT(*)`` over it), for progress lines with an ETA."""
+    conn = hook.get_conn()
+    try:
+        with closing(conn.cursor()) as cur:
+            query, bound = bind_parameters(
+                f"SELECT COUNT(*) FROM ({sql}) kapture_count", parameters, driver_paramstyle(conn)
+            )
+            _execute(cur, query, bound)
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
 def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> str:
     """Copy the result of ``query`` into a temporary table and return the query that reads it back.
 

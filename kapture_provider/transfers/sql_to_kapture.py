@@ -24,7 +24,7 @@ from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.ledger import Ledger, LedgerNotSupported, parse_time
 from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, newest_per_order
 from kapture_provider.sync.run_log import RunLog
-from kapture_provider.sync.source import Parameters, describe, stream_rows, strip_sql
+from kapture_provider.sync.source import Parameters, count_rows, describe, stream_rows, strip_sql
 from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
 
 #: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
@@ -80,6 +80,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         ``range(shard_count)`` with dynamic task mapping to spread one sync over several workers; each
         shard gets ``max_requests_per_second / shard_count``.
     :param shard_count: how many shards the sync is split into (default 1: no sharding).
+    :param count_rows: count the query's rows first (one ``COUNT(*)`` over it), so that progress lines say
+        how far the run is and when it should end. Turn it off when running the query twice is costly.
     :return: the run summary (counts, duration, throughput, failed and invalid order ids with reasons).
     """
 
@@ -119,6 +121,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
         shard_index: int = 0,
         shard_count: int = 1,
+        count_rows: bool = True,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -145,6 +148,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.row_mapper = row_mapper
         self.shard_index = shard_index
         self.shard_count = shard_count
+        self.count_rows = count_rows
 
     def execute(self, context: Context) -> dict[str, Any]:
         source = _db_hook(self.sql_conn_id)
@@ -174,13 +178,14 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             sql, id_column = self._query(source, parameters)
+            expected = count_rows(source, sql, parameters) if self.count_rows else None
             columns, chunks = stream_rows(source, sql, parameters, self.chunk_size)
             if id_column:
                 quoted, shard = quote_identifier(source, id_column), (self.shard_index, self.shard_count)
                 check = NewestRowCheck(columns, id_column, quoted, shard)
             summary = engine.run(
                 columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
-                version_column=self.version_column, row_mapper=self.row_mapper,
+                version_column=self.version_column, row_mapper=self.row_mapper, expected_rows=expected,
             )  # fmt: skip
         except (KaptureAuthError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these

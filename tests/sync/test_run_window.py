@@ -217,12 +217,13 @@ def test_progress_is_logged_while_the_run_goes_on(kapture_fast_conn: KaptureEmul
     caplog.set_level(logging.INFO, logger="kapture_provider.sync.engine")
     engine = OrderSync(KaptureHook(), None, max_concurrency=1, progress_seconds=0.05)
 
-    summary = engine.run(columns, [rows])  # one chunk: the rows are all read before the first request
+    summary = engine.run(columns, [rows], expected_rows=60)  # one chunk: all read before the first request
 
     assert summary.succeeded == 60
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Kapture sync progress")]
     assert progress, "no progress line while 60 orders were sent one at a time"
-    assert all(line.startswith("Kapture sync progress: 60 rows read, ") for line in progress)
+    assert all(line.startswith("Kapture sync progress: 60 rows read of 60 (") for line in progress)
+    assert any("%), ETA " in line for line in progress)  # once some rows are done, the rest is estimated
     assert any(" 0 failed" in line for line in progress)
 
 

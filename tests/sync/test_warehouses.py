@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from kapture_provider.compat import AirflowFailException
+from kapture_provider.compat import AirflowFailException, BaseHook
 from kapture_provider.sync.engine import shard_of
 from kapture_provider.sync.newest import KEY_COLUMN, ROWS_COLUMN, NewestRowCheck, SourceInconsistency
-from kapture_provider.sync.source import streaming_cursor
+from kapture_provider.sync.source import count_rows, streaming_cursor
 from kapture_provider.testing import warehouse as example_warehouse
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
@@ -119,6 +119,9 @@ def test_each_driver_binds_streams_and_sends_each_orders_newest_row(
     pyformat = sync(CHANGES_SQL.format(start="%(start)s", end="%(end)s", percent="%%"), parameters=interval,
                     version_column="_version")  # fmt: skip
     assert (pyformat["rows_read"], pyformat["unchanged"], pyformat["requests"]) == (7, 4, 0)
+    # what the progress lines count on: the query's rows, with the same bound parameters
+    hook = BaseHook.get_connection("erp_warehouse").get_hook()
+    assert count_rows(hook, CHANGES_SQL.format(start=":start", end=":end", percent="%"), interval) == 7
 
 
 def test_order_ids_that_differ_in_case_are_different_orders(any_warehouse: Any, kapture_conn: KaptureEmulator) -> None:
