@@ -1,9 +1,11 @@
 """`make demo`: the hourly ERP → Kapture sync, end to end, through the real Airflow runner.
 
-Seeds a SQLite warehouse, starts the Kapture emulator, runs ``kapture_erp_order_sync`` for four
-consecutive hourly intervals with ``airflow dags test``, re-runs one interval (everything
-``unchanged``), fixes one order by hand with ``kapture_update_order``, then prints what the emulator
-holds and what the ledger says. Everything lives under ``.demo/`` and is recreated each time.
+Seeds a SQLite warehouse, starts the Kapture emulator (told to refuse one order three times), runs
+``kapture_erp_order_sync`` for four consecutive hourly intervals with ``airflow dags test`` (the refused
+order is listed, retried by the next runs, then parked), syncs the whole four hours again as a manual
+run of a chosen window (everything ``unchanged``, nothing sent), fixes one order by hand with
+``kapture_update_order``, then prints what the emulator holds and what the ledger says. Everything lives
+under ``.demo/`` and is recreated each time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ WORK = ROOT / ".demo"
 BIN = Path(sys.executable).parent
 FIRST_HOUR = "2026-11-26T00:00:00"
 HOURS = 4
-SUMMARY = re.compile(r"Kapture sync summary: (.*?) \[airflow")
+SUMMARY = re.compile(r"(Kapture sync (?:of|summary):? .*?) \[airflow")
+#: An order of the first hour that Kapture refuses three times: listed, retried, then parked.
+REFUSED_ORDER = "23500010"
 
 
 def main() -> int:
@@ -48,11 +52,14 @@ def main() -> int:
         env["AIRFLOW_CONN_KAPTURE_DEFAULT"] = json.dumps(
             {"conn_type": "kapture", "host": url, "login": "kapture-user", "password": "kapture-password"}
         )
+        post_json(f"{url}/_emulator/script", {"order_id": REFUSED_ORDER, "faults": ["failed-body"] * 3})
+        step(f"Kapture will refuse order {REFUSED_ORDER} three times")
         failures = 0
         for hour in range(1, HOURS + 1):
             failures += sync_interval(env, hour)
-        step("Re-running the second interval: nothing changed, so nothing is sent")
-        failures += sync_interval(env, 2)
+        window = {"window_start": f"{FIRST_HOUR}Z", "window_end": f"2026-11-26T{HOURS:02d}:00:00Z"}
+        step(f"A manual run of a chosen window (params {window}): nothing changed, so nothing is sent")
+        failures += dag_test(env, ["kapture_erp_order_sync", "-c", json.dumps(window)])
         step("Fixing one order by hand with kapture_update_order")
         conf = {"order_id": "23500100", "customer_name": "Demo Customer",
                 "order_fields": {"delivery_status": "Delivered", "remarks": "fixed by hand in the demo"}}  # fmt: skip
@@ -123,6 +130,11 @@ def show_results(url: str, warehouse: Path) -> None:
             "SELECT order_id, last_error FROM kapture_order_sync_ledger WHERE status != 'delivered' ORDER BY order_id"
         ):
             print(f"    {order_id}: {error}")
+
+
+def post_json(url: str, payload: dict[str, object]) -> None:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    urllib.request.urlopen(request).close()
 
 
 def run(cmd: list[object], env: dict[str, str], quiet: bool = False) -> None:

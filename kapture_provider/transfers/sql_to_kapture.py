@@ -257,14 +257,14 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         verb = "would send" if self.is_dry_run else "sent"
         self.log.info(
             "Kapture sync summary: %d rows read, %s %d (%d ok, %d failed), %d unchanged, %d stale, %d invalid, "
-            "%d duplicates; earlier failures: %d retried (%d delivered, %d failed); %d parked now; "
-            "still owed %d (failing since %s, up to %d attempts), %d parked in all; %d requests in %.1f s "
-            "(%.1f orders/s)",
+            "%d duplicates, %d of parked orders; earlier failures: %d retried (%d delivered, %d failed); "
+            "%d parked now; still owed %d (failing since %s, up to %d attempts), %d parked in all; "
+            "%d requests in %.1f s (%.1f orders/s)",
             summary.rows_read, verb, summary.to_send, summary.succeeded, summary.failed, summary.unchanged,
-            summary.stale, summary.invalid, summary.duplicates, summary.retried, summary.retried_delivered,
-            summary.retried_failed, summary.parked, summary.still_owed, summary.oldest_owed_since or "-",
-            summary.max_owed_attempts, summary.parked_total, summary.requests, summary.duration_seconds,
-            summary.orders_per_second,
+            summary.stale, summary.invalid, summary.duplicates, summary.parked_unchanged, summary.retried,
+            summary.retried_delivered, summary.retried_failed, summary.parked, summary.still_owed,
+            summary.oldest_owed_since or "-", summary.max_owed_attempts, summary.parked_total, summary.requests,
+            summary.duration_seconds, summary.orders_per_second,
         )  # fmt: skip
         for problem in (summary.failed_orders + summary.invalid_rows)[:_LOGGED_PROBLEMS]:
             self.log.warning("Not delivered: %s", problem)
