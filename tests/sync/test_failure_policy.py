@@ -12,6 +12,7 @@ from collections import Counter
 from test_interval_dag import order_row
 from test_order_sync import DAY, HOUR, TASK_ID, sync_dag
 
+from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, Fault, KaptureEmulator
 
 STUCK, FINE = "00000001", "00000002"
@@ -108,6 +109,8 @@ def test_owed_orders_past_their_limits_fail_the_run(
 
     assert too_many.task_states[TASK_ID] == too_old.task_states[TASK_ID] == "failed"
     assert too_many.xcom(TASK_ID)["still_owed"] == 2
+    if AIRFLOW_V_3_0_PLUS and not AIRFLOW_V_3_1_PLUS:
+        return  # 3.0's dag.test() draws the failure for a terminal only; the messages are checked on the others
     output = capfd.readouterr().out
     assert "2 orders still owed to Kapture (> max_owed_orders 1)" in output
     assert "has been failing since" in output and "(> max_owed_age 0:00:00)" in output

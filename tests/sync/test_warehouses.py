@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kapture_provider.compat import AirflowFailException, BaseHook
+from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS, AirflowFailException, BaseHook
 from kapture_provider.sync.engine import shard_of
 from kapture_provider.sync.newest import KEY_COLUMN, ROWS_COLUMN, NewestRowCheck, SourceInconsistency
 from kapture_provider.sync.source import count_rows, streaming_cursor
@@ -204,6 +204,7 @@ def test_streaming_cursors(driver_warehouse: Any) -> None:
             "mysql": "MySQLCursor",  # unbuffered (a buffered one is MySQLCursorBuffered)
             "sqlite3": "Cursor",
             "_duckdb": "DuckDBPyConnection",
+            "duckdb": "DuckDBPyConnection",  # older duckdb releases (with Airflow 3.0)
         }[type(conn).__module__.split(".")[0]]
         assert kind.endswith(expected)
         if kind == "cursor":  # psycopg2: a named cursor is a server-side one
@@ -231,10 +232,12 @@ def test_warehouse_whose_engine_cannot_hold_the_ledger_fails_the_dag_and_sends_n
     run = airflow_cli("kapture_acceptance_orders", dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC))
 
     assert (run.state, run.task_states) == ("failed", {"sync_orders": "failed"})
+    assert kapture_conn.requests == []
+    if AIRFLOW_V_3_0_PLUS and not AIRFLOW_V_3_1_PLUS:
+        return  # 3.0's `dags test` draws the failure for a terminal only; the message is checked on the others
     assert "cannot be kept in a 'oracle' database (connection 'erp_warehouse')" in run.output
     assert f"set ledger_conn_id to a {SUPPORTED} database" in run.output
     assert "nothing was read or sent" in run.output
-    assert kapture_conn.requests == []
 
 
 def test_ledger_connection_that_cannot_hold_the_ledger_is_refused_before_reading(
