@@ -283,13 +283,17 @@ class LedgerDialect:
     def migrate(self, cur: Any, table: str) -> None:
         """Bring an existing table's column types up to date (beyond adding missing columns)."""
 
+    #: what follows the VALUES of an upsert, before its assignments
+    on_conflict: ClassVar[str] = "ON CONFLICT (order_id) DO UPDATE SET"
+
     def upsert(self, table: str, columns: Sequence[str], rows: int, writes: dict[str, str]) -> str:
         values = ", ".join(["(" + ", ".join([self.placeholder] * len(columns)) + ")"] * rows)
         sets = ", ".join(f"{name} = {self.expression(name, how)}" for name, how in writes.items())
-        return (
-            f"INSERT INTO {table} AS {self._ALIAS} ({', '.join(columns)}) VALUES {values} "
-            f"ON CONFLICT (order_id) DO UPDATE SET {sets}"
-        )
+        return f"INSERT INTO {self.target(table)} ({', '.join(columns)}) VALUES {values} {self.on_conflict} {sets}"
+
+    def target(self, table: str) -> str:
+        """The table an upsert names, aliased so that its assignments can read the existing row."""
+        return f"{table} AS {self._ALIAS}"
 
     def expression(self, name: str, how: str) -> str:
         return {
@@ -383,10 +387,10 @@ class MySqlLedger(LedgerDialect):
             changes = [f"MODIFY {self.column_sql(c).replace(' PRIMARY KEY', '')}" for c in exact]
             cur.execute(f"ALTER TABLE {table} {', '.join(changes)}")
 
-    def upsert(self, table: str, columns: Sequence[str], rows: int, writes: dict[str, str]) -> str:
-        values = ", ".join(["(" + ", ".join([self.placeholder] * len(columns)) + ")"] * rows)
-        sets = ", ".join(f"{name} = {self.expression(name, how)}" for name, how in writes.items())
-        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values} ON DUPLICATE KEY UPDATE {sets}"
+    on_conflict = "ON DUPLICATE KEY UPDATE"
+
+    def target(self, table: str) -> str:
+        return table  # MariaDB has no row alias: the assignments read the existing row by bare name
 
     def expression(self, name: str, how: str) -> str:
         return {

@@ -8,15 +8,16 @@ spelling (PEP 249 ``paramstyle``), and how to read a large result without holdin
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import closing, suppress
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from kapture_provider.sync.dialect import driver_name, driver_paramstyle
 
 Parameters = Mapping[str, Any] | Sequence[Any] | None
+_T = TypeVar("_T")
 
 #: How a named parameter is written for each ``paramstyle`` (``dollar``: DuckDB's ``$name``).
 _MARKERS = {
@@ -86,30 +87,27 @@ def _execute(cur: Any, sql: str, parameters: Parameters) -> None:
 
 def describe(hook: DbApiHook, sql: str, parameters: Parameters) -> list[str]:
     """The column names a query returns, read without fetching its rows."""
-    conn = hook.get_conn()
-    try:
-        with closing(conn.cursor()) as cur:
-            query, bound = bind_parameters(
-                f"SELECT * FROM ({sql}) kapture_src WHERE 1 = 0", parameters, driver_paramstyle(conn)
-            )
-            _execute(cur, query, bound)
-            columns = [d[0] for d in cur.description]
-            cur.fetchall()  # an unbuffered MySQL cursor must be read to the end before it closes
-            return columns
-    finally:
-        conn.close()
+
+    def columns(cur: Any) -> list[str]:
+        names = [d[0] for d in cur.description]
+        cur.fetchall()  # an unbuffered MySQL cursor must be read to the end before it closes
+        return names
+
+    return _around(hook, f"SELECT * FROM ({sql}) kapture_src WHERE 1 = 0", parameters, columns)
 
 
 def count_rows(hook: DbApiHook, sql: str, parameters: Parameters) -> int:
     """How many rows a query returns (one ``COUNT(*)`` over it), for progress lines with an ETA."""
+    return _around(hook, f"SELECT COUNT(*) FROM ({sql}) kapture_count", parameters, lambda cur: int(cur.fetchone()[0]))
+
+
+def _around(hook: DbApiHook, query: str, parameters: Parameters, read: Callable[[Any], _T]) -> _T:
+    """Run a query wrapped around the user's on a connection of its own, and ``read`` its result."""
     conn = hook.get_conn()
     try:
         with closing(conn.cursor()) as cur:
-            query, bound = bind_parameters(
-                f"SELECT COUNT(*) FROM ({sql}) kapture_count", parameters, driver_paramstyle(conn)
-            )
-            _execute(cur, query, bound)
-            return int(cur.fetchone()[0])
+            _execute(cur, *bind_parameters(query, parameters, driver_paramstyle(conn)))
+            return read(cur)
     finally:
         conn.close()
 

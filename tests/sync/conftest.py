@@ -340,6 +340,7 @@ def run_dag_at(run_dag: Callable[..., Any]) -> Callable[[Any, dt.datetime], Any]
 # --------------------------------------------------------------------------------------------------
 
 CLI_DAGS = Path(__file__).with_name("cli_dags")
+sys.path.insert(0, str(CLI_DAGS))  # the tests share the acceptance DAGs' table and query with them
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kapture_acceptance_dags import ORDER_CHANGES_DDL
 
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import TIMESTAMP_FORMAT, generate_orders
@@ -46,16 +47,6 @@ COMBINATIONS = [
     pytest.param(("duckdb", None), id="duckdb"),
     pytest.param(("mariadb", "postgres"), id="mariadb-warehouse-postgres-ledger"),
 ]
-ORDER_CHANGES_DDL = """CREATE TABLE order_changes (
-    change_id INTEGER PRIMARY KEY,
-    order_id VARCHAR(32) NOT NULL,
-    customer_name VARCHAR(200),
-    email VARCHAR(200),
-    invoice_no VARCHAR(32),
-    total_amount NUMERIC(12, 2),
-    updated_at TIMESTAMP NOT NULL,
-    _version INTEGER NOT NULL
-)"""
 
 
 def at(minutes: int) -> str:

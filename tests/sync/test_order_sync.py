@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from kapture_acceptance_dags import ORDER_CHANGES_DDL, ORDER_CHANGES_SQL
 
 from kapture_provider.compat import DAG, AirflowFailException, CronDataIntervalTimetable
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
@@ -28,27 +29,6 @@ TASK_ID = "sync"
 DAY = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 NAIVE_DAY = DAY.replace(tzinfo=None)
 HOUR = dt.timedelta(hours=1)
-
-ORDER_CHANGES_DDL = """CREATE TABLE order_changes (
-    change_id INTEGER PRIMARY KEY,
-    order_id VARCHAR(32) NOT NULL,
-    customer_name VARCHAR(200),
-    email VARCHAR(200),
-    invoice_no VARCHAR(32),
-    total_amount NUMERIC(12, 2),
-    updated_at TIMESTAMP NOT NULL,
-    _version INTEGER NOT NULL
-)"""
-ORDER_CHANGES_SQL = """
-SELECT order_id,
-       customer_name,
-       email AS email_id,
-       invoice_no,
-       total_amount AS "order_info.associate_fields.total_amount",
-       _version
-FROM order_changes
-WHERE updated_at >= :start AND updated_at < :end
-"""
 
 
 # --------------------------------------------------------------------------------------------------

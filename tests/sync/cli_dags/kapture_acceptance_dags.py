@@ -19,6 +19,16 @@ from kapture_erp_orders import CHANGED_ORDERS_SQL, WINDOW_PARAMETERS
 from kapture_provider.compat import CronDataIntervalTimetable
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
+ORDER_CHANGES_DDL = """CREATE TABLE order_changes (
+    change_id INTEGER PRIMARY KEY,
+    order_id VARCHAR(32) NOT NULL,
+    customer_name VARCHAR(200),
+    email VARCHAR(200),
+    invoice_no VARCHAR(32),
+    total_amount NUMERIC(12, 2),
+    updated_at TIMESTAMP NOT NULL,
+    _version INTEGER NOT NULL
+)"""
 ORDER_CHANGES_SQL = """
 SELECT order_id,
        customer_name,
