@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from kapture_provider.compat import AirflowFailException, BaseHook, mask_secret
 from kapture_provider.exceptions import (
     KaptureAuthError,
+    KaptureConnectionError,
     KaptureError,
     KaptureRejectedError,
     KaptureResponseError,
@@ -25,8 +26,9 @@ from kapture_provider.exceptions import (
     scrub,
 )
 from kapture_provider.hooks import connection_form
+from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_trust
 from kapture_provider.hooks.throttle import RequestThrottle
-from kapture_provider.hooks.transport import Answer, ConnectionPool, TransportError
+from kapture_provider.hooks.transport import Answer, Transport, TransportError
 from kapture_provider.payload import personal_values, prepare_order
 
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"
@@ -44,6 +46,8 @@ class KaptureSettings:
 
     base_url: str
     authorization: str = field(repr=False)
+    proxy: Proxy | None = None
+    trust: Trust | None = None  # None: certifi's bundle, no client certificate
     timeout: float = 30.0
     connect_timeout: float = 10.0
     max_retries: int = 5
@@ -124,8 +128,11 @@ class KaptureHook(BaseHook):
     Login/Password = Kapture user name and password (empty Login: Password is a ready-made Basic token).
     Extras (all optional): ``timeout`` (read timeout, s, 30), ``connect_timeout`` (s, 10),
     ``max_retries`` (5), ``backoff_base`` (s, 0.5), ``backoff_max`` (s, 30), ``pool_size`` (32),
-    ``allow_insecure_http`` (false; plain http is otherwise allowed for loopback hosts only).
-    Keyword arguments override the extras.
+    ``allow_insecure_http`` (false; plain http is otherwise allowed for loopback hosts only),
+    ``proxy`` (a forward proxy URL; ``""``/false: none; absent: ``HTTPS_PROXY``/``NO_PROXY``…),
+    ``ca_bundle`` (PEM file of trusted CAs; absent: ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``, else
+    certifi), ``client_cert``/``client_key``/``client_key_password`` (mutual TLS); see
+    :mod:`kapture_provider.hooks.network`. Keyword arguments override the extras.
 
     :param kapture_conn_id: the Airflow connection id.
     :param max_requests_per_second: space requests evenly across all threads using this hook.
@@ -162,7 +169,7 @@ class KaptureHook(BaseHook):
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
-        self._pool: ConnectionPool | None = None
+        self._transport: Transport | None = None
 
     @cached_property
     def settings(self) -> KaptureSettings:
@@ -186,14 +193,20 @@ class KaptureHook(BaseHook):
             port=conn.port,
             allow_insecure_http=str(extra.get("allow_insecure_http", "")).lower() in ("1", "true", "yes"),
         )
-        return KaptureSettings(base_url, basic_authorization(conn.login, conn.password), **values)
+        return KaptureSettings(
+            base_url,
+            basic_authorization(conn.login, conn.password),
+            proxy=choose_proxy(base_url, extra.get("proxy")),
+            trust=choose_trust(extra),
+            **values,
+        )
 
     @property
-    def pool(self) -> ConnectionPool:
-        """Keep-alive connections for concurrent use, TLS verification on, never through a proxy."""
-        if self._pool is None:
+    def transport(self) -> Transport:
+        """Keep-alive connections for concurrent use (directly or through the proxy), TLS verified."""
+        if self._transport is None:
             with self._lock:  # the sending threads of a sync all ask for it at once
-                if self._pool is None:
+                if self._transport is None:
                     settings = self.settings
                     headers = {
                         "Authorization": settings.authorization,
@@ -201,20 +214,23 @@ class KaptureHook(BaseHook):
                         "Accept": "application/json",
                         "User-Agent": "airflow-provider-kapture",
                     }
-                    self._pool = ConnectionPool(
+                    self._transport = Transport(
                         settings.base_url,
                         headers=headers,
                         size=settings.pool_size,
                         connect_timeout=settings.connect_timeout,
                         read_timeout=settings.timeout,
+                        proxy=settings.proxy,
+                        trust=settings.trust or choose_trust({}),
                     )
-        return self._pool
+        return self._transport
 
     def check_settings(self) -> None:
         """Read the connection now: one that cannot work (no Host or password, plain http to a remote
-        host) fails the task for good, before anything is read or sent, instead of being retried."""
+        host, a CA bundle or client certificate that cannot be read, a proxy URL that is not one) fails
+        the task for good, before anything is read or sent, instead of being retried."""
         try:
-            self.settings  # noqa: B018
+            self.transport  # noqa: B018
         except ValueError as err:
             raise AirflowFailException(f"Kapture connection {self.kapture_conn_id!r}: {err}") from None
 
@@ -233,19 +249,40 @@ class KaptureHook(BaseHook):
         It asks Kapture's read-only order search for nothing (``cmId`` 0). A success, or the search's
         own refusal of that empty query (a failed body with 200 or 400), proves the credentials were
         accepted; "Invalid Auth Key", 401 or 403 means they were not; anything else (404, a redirect,
-        no answer) means the Host does not point at Kapture.
+        an HTML page) means the Host does not point at Kapture. Each outcome is one sentence naming
+        the host (and the proxy, if one is used).
         """
         try:
+            host = self.transport.host
             self._post(ORDER_SEARCH_PATH, b'{"cmId": 0}', order_id=None, attempts=1)
+        except ValueError as err:
+            return False, f"Kapture connection {self.kapture_conn_id!r}: {err}"
         except KaptureAuthError as err:
-            return False, f"Kapture refused the credentials: {err}"
+            return False, f"{err.message}; check the User name and Password"
         except KaptureRejectedError as err:
             if err.status_code not in (200, 400):  # 404, 405, a redirect…: this is not Kapture's search
-                return False, f"no Kapture order search at {self.settings.base_url}; check the Host: {err}"
+                redirect = " (a redirect: not followed)" if 300 <= (err.status_code or 0) < 400 else ""
+                return False, self._not_kapture(host, f"HTTP {err.status_code}{redirect}")
             # the search refused the empty query after authenticating: what we asked for
-        except (KaptureError, ValueError) as err:
-            return False, str(err)
-        return True, f"Connected to {self.settings.base_url}; credentials accepted"
+        except KaptureResponseError:
+            return False, self._not_kapture(host, "JSON without a status")
+        except KaptureTransientError as err:
+            if err.status_code is not None and 200 <= err.status_code < 300:  # an HTML page, say
+                return False, self._not_kapture(host, f"HTTP {err.status_code} with a body that is not JSON")
+            if err.status_code is not None:
+                return False, f"{err.message}; Kapture is down or overloaded, try again later"
+            return False, err.message
+        except KaptureError as err:  # TLS or proxy settings
+            return False, err.message
+        route = f" {self.transport.describe_route()}" if self.settings.proxy else ""
+        return True, f"Connected to Kapture at {self.settings.base_url}{route}; the credentials were accepted"
+
+    def _not_kapture(self, host: str, answer: str) -> str:
+        url = self.settings.base_url + ORDER_SEARCH_PATH
+        return (
+            f"{host} is not Kapture's API: its order search {url} answered {answer}; check the Host "
+            "(the base URL or the subdomain)"
+        )
 
     def _post(self, path: str, data: bytes, *, order_id: str | None, attempts: int | None = None) -> dict[str, Any]:
         settings = self.settings
@@ -255,10 +292,13 @@ class KaptureHook(BaseHook):
                 return self._attempt(path, data, order_id)
             except _Retry as retry:
                 if attempt + 1 >= attempts:
+                    error = retry.error
                     raise KaptureTransientError(
-                        f"{retry.error.message} (gave up after {attempts} attempts)",
+                        f"{error.message} (gave up after {attempts} attempts)" if attempts > 1 else error.message,
                         order_id=order_id,
-                        status_code=retry.error.status_code,
+                        status_code=error.status_code,
+                        cause=error.cause,
+                        host=error.host,
                     ) from None
                 if retry.retry_after is not None:
                     self.throttle.pause(retry.retry_after)  # every thread of this hook waits
@@ -272,19 +312,23 @@ class KaptureHook(BaseHook):
         self.throttle.wait()
         with self._lock:
             self.requests_sent += 1
+        transport = self.transport
         sent_at = time.monotonic()
         try:
-            answer = self.pool.post(path, data)
+            answer = transport.post(path, data)
         except TransportError as err:
             self.throttle.observe(None, time.monotonic() - sent_at)
-            raise _Retry(KaptureTransientError(f"{_prefix(order_id)}{err}", order_id=order_id), None) from None
+            text = f"{_prefix(order_id)}{err}"
+            if err.permanent:  # TLS trust, client certificate, proxy credentials: settings to change
+                raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
+            raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
         self.throttle.observe(answer.status, time.monotonic() - sent_at)
-        return _classify(answer, order_id, data)
+        return _classify(answer, order_id, data, f"order {order_id}: Kapture" if order_id else transport.host)
 
     def close(self) -> None:
         """Close the pooled connections."""
-        if self._pool is not None:
-            self._pool.close()
+        if self._transport is not None:
+            self._transport.close()
 
 
 class _Retry(Exception):
@@ -296,10 +340,11 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
-def _classify(answer: Answer, order_id: str | None, sent: bytes) -> dict[str, Any]:
+def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str) -> dict[str, Any]:
     """Turn one HTTP answer into the parsed body, or raise the error class it belongs to.
 
-    Texts quoted from an error answer are scrubbed of the personal values of the body ``sent``.
+    Texts start with ``subject`` (``order 7: Kapture``, or the host) and quote the answer scrubbed of
+    the personal values of the body ``sent``.
     """
     code = answer.status
     body: Any = None
@@ -311,22 +356,21 @@ def _classify(answer: Answer, order_id: str | None, sent: bytes) -> dict[str, An
     status = str(fields.get("status", "")).lower()
     if 200 <= code < 300 and status == "success":
         return body  # type: ignore[no-any-return]
-    prefix = _prefix(order_id)
     personal = _personal_texts(sent)
     message = scrub(str(fields.get("message") or ""), personal=personal)
     if code in (401, 403) or (status == "failed" and any(w in message.lower() for w in _AUTH_WORDS)):
         raise KaptureAuthError(
-            f"{prefix}Kapture refused the credentials (HTTP {code}): {message or 'no message'}",
+            f"{subject} refused the credentials (HTTP {code}: {message or 'no message'})",
             order_id=order_id,
             status_code=code,
         )
     if code in _RETRYABLE_STATUS or (200 <= code < 300 and body is None):
         what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body, personal)}")
-        error = KaptureTransientError(f"{prefix}{what}", order_id=order_id, status_code=code)
+        error = KaptureTransientError(f"{subject} answered {what}", order_id=order_id, status_code=code)
         raise _Retry(error, parse_retry_after(answer.retry_after))
     if 300 <= code < 400:
         raise KaptureRejectedError(
-            f"{prefix}Kapture redirected (HTTP {code}); redirects are not followed so the credentials "
+            f"{subject} redirected (HTTP {code}); redirects are not followed so the credentials "
             "never go to another host: point the connection's Host at the final address",
             order_id=order_id,
             status_code=code,
@@ -334,10 +378,10 @@ def _classify(answer: Answer, order_id: str | None, sent: bytes) -> dict[str, An
     if not 200 <= code < 300 or status == "failed":
         detail = message or (f"body {_excerpt(answer.body, personal)}" if body is None else "no message")
         raise KaptureRejectedError(
-            f"{prefix}Kapture refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
+            f"{subject} refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
         )
     raise KaptureResponseError(
-        f"{prefix}HTTP {code} without a success status: {_excerpt(answer.body, personal)}",
+        f"{subject} answered HTTP {code} without a success status: {_excerpt(answer.body, personal)}",
         order_id=order_id,
         status_code=code,
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
-from kapture_provider.exceptions import KaptureAuthError, KaptureError
+from kapture_provider.exceptions import KaptureError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import InvalidOrder, personal_values, prepare_order
 
@@ -102,8 +102,8 @@ class UpdateOrderOperator(BaseOperator):
             return {"position": position, "order_id": order_id, "status": "invalid", "error": str(err)}
         try:
             hook.post_order(order.data, order_id=order.order_id)
-        except KaptureAuthError as err:
-            raise AirflowFailException(str(err)) from None  # retrying cannot fix credentials
+        except KaptureSetupError as err:
+            raise AirflowFailException(str(err)) from None  # retrying cannot fix credentials or TLS settings
         except KaptureError as err:
             self.log.warning("Order #%d failed: %s", position, err)
             return {

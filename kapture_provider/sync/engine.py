@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kapture_provider.exceptions import KaptureAuthError, KaptureError, KaptureRejectedError
+from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, InvalidOrder, OrderMapper, PreparedOrder, render_order_id
 from kapture_provider.sync.ledger import (
@@ -347,7 +347,7 @@ class OrderSync:
                 if refusal is not None:
                     raise refusal
             except BaseException as err:
-                self._fail(err if isinstance(err, KaptureAuthError) else _unexpected(order_id, err))
+                self._fail(err if isinstance(err, KaptureSetupError) else _unexpected(order_id, err))
             finally:
                 with self._lock:
                     self._outstanding.discard(order_id)
@@ -360,8 +360,9 @@ class OrderSync:
             if self._failure is None:
                 self._failure = failure
 
-    def _send(self, item: _Send) -> tuple[Outcome, KaptureAuthError | None]:
-        """Send one order: its outcome, and Kapture's refusal of the credentials if that was the answer."""
+    def _send(self, item: _Send) -> tuple[Outcome, KaptureSetupError | None]:
+        """Send one order: its outcome, and the error that stops the run (credentials refused, TLS or proxy
+        settings) if that was the answer."""
         order = item.order
         try:
             self.hook.post_order(order.data, order_id=order.order_id)
@@ -373,7 +374,7 @@ class OrderSync:
             failed = Outcome(
                 order.order_id, status, order.body_hash, item.version, order.data, error, err.retryable, refusals
             )
-            return failed, err if isinstance(err, KaptureAuthError) else None
+            return failed, err if isinstance(err, KaptureSetupError) else None
         return Outcome(order.order_id, DELIVERED, order.body_hash, item.version), None
 
     def _hold(self, item: _Send) -> None:

@@ -16,7 +16,7 @@ from kapture_provider.compat import (
     BaseOperator,
     Context,
 )
-from kapture_provider.exceptions import KaptureAuthError
+from kapture_provider.exceptions import KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, MappingError
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
@@ -187,7 +187,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
                 columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
                 version_column=self.version_column, row_mapper=self.row_mapper, expected_rows=expected,
             )  # fmt: skip
-        except (KaptureAuthError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
+        except (KaptureSetupError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
         finally:
             if chunks is not None:
