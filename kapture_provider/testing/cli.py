@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not keep request bodies in the request log (for long benchmarks)",
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this PEM certificate (and key)")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's PEM private key, if not in --tls-cert")
+    parser.add_argument("--client-ca", type=Path, help="require client certificates issued by this PEM CA")
     parser.add_argument("--ready-file", type=Path, help="write the base URL to this file once listening")
     return parser
 
@@ -86,8 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             slow_seconds=args.slow_seconds,
             record_bodies=args.record_bodies,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         parser.error(str(exc))
 
     stop = threading.Event()

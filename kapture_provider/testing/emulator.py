@@ -4,7 +4,8 @@ It implements ``POST /ms/customer/order/api/v1/add-update`` (an upsert keyed by
 ``order_info.order_id``) and the read-only ``POST /ms/customer-search/order-search/api/v1/pull-internal``
 as documented by Kapture, keeps orders in memory, records every API request, and can answer with
 injected faults (scripted or random), fixed latency and a rate limit. Everything can be inspected and
-changed from Python or over HTTP under ``/_emulator/``.
+changed from Python or over HTTP under ``/_emulator/``. Given a certificate it serves HTTPS (and, given
+a client CA, requires a client certificate it issued: mutual TLS).
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import bisect
 import copy
 import itertools
 import json
+import os
 import random
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -275,6 +278,9 @@ class KaptureEmulator:
 
     All settings are keyword arguments here and can be changed while running with :meth:`configure`
     (or ``POST /_emulator/config``). Use as a context manager, or call :meth:`start` / :meth:`stop`.
+
+    ``tls_cert`` (a PEM certificate chain, its key in it or in ``tls_key``) makes it serve HTTPS;
+    ``client_ca`` then requires every client to present a certificate issued by that CA.
     """
 
     DEFAULT_FAULT_KINDS = DEFAULT_FAULT_KINDS
@@ -296,7 +302,11 @@ class KaptureEmulator:
         seed: int | None = None,
         slow_seconds: float = 5.0,
         record_bodies: bool = True,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        client_ca: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._tls = _server_tls(tls_cert, tls_key, client_ca)
         self._config = _Config(
             username=username,
             password=password,
@@ -328,7 +338,7 @@ class KaptureEmulator:
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
         self._stopping.clear()
-        server = _Server((self._host, self._port), self)
+        server = _Server((self._host, self._port), self, self._tls)
         self._port = server.server_port
         self._thread = threading.Thread(
             target=server.serve_forever,
@@ -372,8 +382,8 @@ class KaptureEmulator:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:8765``."""
-        return f"http://{self._host}:{self.port}"
+        """Base URL, e.g. ``http://127.0.0.1:8765`` (``https://`` when serving TLS)."""
+        return f"{'https' if self._tls else 'http'}://{self._host}:{self.port}"
 
     # -- configuration -----------------------------------------------------------------------------
 
@@ -477,9 +487,10 @@ class KaptureEmulator:
     def connection_uri(self, **extra: Any) -> str:
         """The same connection in Airflow's URI form (``host`` parses back to :attr:`url`)."""
         config = self._config
+        scheme, _, address = self.url.partition("://")
         uri = (
-            f"kapture://http://{quote(config.username, safe='')}:{quote(config.password, safe='')}"
-            f"@{quote(self.url.removeprefix('http://'), safe='')}"
+            f"kapture://{scheme}://{quote(config.username, safe='')}:{quote(config.password, safe='')}"
+            f"@{quote(address, safe='')}"
         )
         return f"{uri}?__extra__={quote(json.dumps(extra), safe='')}" if extra else uri
 
@@ -706,18 +717,56 @@ class KaptureEmulator:
         return _Reply(200, _json_bytes({"status": "success", "queued": len(faults)}))
 
 
+def _server_tls(
+    cert: str | os.PathLike[str] | None, key: str | os.PathLike[str] | None, client_ca: str | os.PathLike[str] | None
+) -> ssl.SSLContext | None:
+    """The server's TLS context, or None to serve plain HTTP."""
+    if cert is None:
+        if key is not None or client_ca is not None:
+            raise ValueError("tls_key and client_ca need tls_cert")
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context
+
+
 class _Server(ThreadingHTTPServer):
-    """Threaded HTTP server that tracks its connections so that stop() can close keep-alive ones."""
+    """Threaded HTTP server that tracks its connections so that stop() can close keep-alive ones.
+
+    With a TLS context, each accepted connection's handshake runs in its own handler thread.
+    """
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 256
+    handshake_timeout = 10.0
 
-    def __init__(self, address: tuple[str, int], emulator: KaptureEmulator) -> None:
+    def __init__(self, address: tuple[str, int], emulator: KaptureEmulator, tls: ssl.SSLContext | None) -> None:
         self.emulator = emulator
+        self.tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self.tls is not None:
+            connection = self.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(self.handshake_timeout)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):  # a client that does not trust us, or that we do not trust
+                _drain(request)
+                return
+            request.settimeout(None)
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host's FQDN, which can stall without DNS.
@@ -748,6 +797,17 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _drain(connection: ssl.SSLSocket) -> None:
+    """After a failed handshake, read what the client still sends (raw) until it hangs up, so that the
+    TLS alert already sent reaches it before the connection closes, not a reset."""
+    connection.settimeout(1.0)
+    try:
+        while socket.socket.recv(connection, 65536):
+            pass
+    except OSError:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
