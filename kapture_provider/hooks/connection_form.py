@@ -76,6 +76,26 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
         "allow_insecure_http", "Allow plain http:// to non-loopback hosts",
         "Off by default: credentials would travel unencrypted.", "boolean", False,
     ),
+    ExtraField(
+        "proxy", "Proxy URL",
+        "http://[user:password@]host:port of the egress proxy (HTTPS goes through it in a CONNECT tunnel). "
+        "Leave unset to use HTTPS_PROXY / NO_PROXY from the worker's environment; empty or false: no proxy.",
+        "string", secret=True,
+    ),
+    ExtraField(
+        "ca_bundle", "CA bundle (PEM file)",
+        "Path on the workers to the PEM file of the CAs to trust (an internal CA, a TLS-inspecting proxy's). "
+        "Unset: REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else certifi's bundle.",
+        "string",
+    ),
+    ExtraField(
+        "client_cert", "Client certificate (PEM file)",
+        "Path to a client certificate for mutual TLS (its key too, unless Client key is set).", "string",
+    ),
+    ExtraField("client_key", "Client key (PEM file)", "Path to the client certificate's private key.", "string"),
+    ExtraField(
+        "client_key_password", "Client key password", "Only if the client key is encrypted.", "string", secret=True,
+    ),
 )  # fmt: skip
 
 
