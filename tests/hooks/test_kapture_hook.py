@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from kapture_provider.exceptions import (
+    Cause,
     KaptureAuthError,
     KaptureError,
     KaptureRejectedError,
@@ -731,7 +732,123 @@ def test_invalid_order_is_not_sent(kapture_emulator: KaptureEmulator, make_hook)
     assert kapture_emulator.requests == []
 
 
-# -- test_connection ------------------------------------------------------------------------------------
+# -- network failures: named, with the host, as attributes of the error -----------------------------
+
+
+def read_until_closed(connection: socket.socket) -> None:
+    while connection.recv(65536):
+        pass
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A loopback port whose listen queue is full: a new connection is never accepted (connect times out)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = int(listener.getsockname()[1])
+    queued = socket.create_connection(("127.0.0.1", port))  # fills the queue; nobody accepts it
+    yield port
+    queued.close()
+    listener.close()
+
+
+def test_dns_failure_names_the_host(make_hook) -> None:
+    hook = make_hook(host="https://kapture-test.invalid", max_retries=1)
+
+    with pytest.raises(KaptureTransientError) as caught:
+        hook.update_order(SAMPLE_ORDER)
+
+    error = caught.value
+    assert (error.cause, error.host, error.retryable) == (Cause.DNS, "kapture-test.invalid", True)
+    assert "the host name kapture-test.invalid (the connection's Host) could not be resolved" in error.message
+    assert hook.requests_sent == 2  # retried: a resolver can fail for a moment
+
+
+def test_refused_connection_names_host_and_port(make_hook) -> None:
+    port = closed_port()
+    hook = make_hook(host=f"http://127.0.0.1:{port}", max_retries=0)
+
+    with pytest.raises(KaptureTransientError) as caught:
+        hook.update_order(SAMPLE_ORDER)
+
+    assert (caught.value.cause, caught.value.host) == (Cause.REFUSED, f"127.0.0.1:{port}")
+    assert f"order {ORDER_ID}: 127.0.0.1:{port} refused the connection" in caught.value.message
+
+
+def test_connect_timeout_is_told_apart_from_read_timeout(make_hook, full_backlog: int) -> None:
+    hook = make_hook(host=f"http://127.0.0.1:{full_backlog}", connect_timeout=0.3, max_retries=0)
+
+    with pytest.raises(KaptureTransientError) as caught:
+        hook.update_order(SAMPLE_ORDER)
+
+    assert (caught.value.cause, caught.value.host) == (Cause.CONNECT_TIMEOUT, f"127.0.0.1:{full_backlog}")
+    assert f"no connection to 127.0.0.1:{full_backlog} within the connect timeout (0.3 s)" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause", "text"),
+    [
+        (Fault.SLOW, Cause.READ_TIMEOUT, "sent no answer within the read timeout (0.3 s)"),
+        (Fault.RESET, Cause.RESET, "was reset or closed before the answer"),
+    ],
+    ids=str,
+)
+def test_failures_after_connecting_are_named(
+    kapture_emulator: KaptureEmulator, make_hook, fault: Fault, cause: Cause, text: str
+) -> None:
+    kapture_emulator.configure(slow_seconds=1.0)
+    kapture_emulator.script(fault)
+    hook = make_hook(timeout=0.3, max_retries=0)
+
+    with pytest.raises(KaptureTransientError) as caught:
+        hook.update_order(SAMPLE_ORDER)
+
+    host = f"127.0.0.1:{kapture_emulator.port}"
+    assert (caught.value.cause, caught.value.host) == (cause, host)
+    assert f"order {ORDER_ID}: " in caught.value.message and host in caught.value.message
+    assert text in caught.value.message
+
+
+def test_answer_cut_off_before_its_length_is_named(make_hook) -> None:
+    """A server that announces 100 bytes, sends 10 and hangs up (the emulator's "truncated" fault sends
+    a complete answer whose JSON is cut: that one is a body that is not JSON)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_once() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request or not request.endswith(b"}"):  # headers and the JSON body
+                request += connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+            connection.sendall(b'{"status":')
+            connection.shutdown(socket.SHUT_WR)  # hang up, then wait for the client to close (no reset)
+            read_until_closed(connection)
+
+    server = threading.Thread(target=answer_once, daemon=True)
+    server.start()
+    hook = make_hook(host=f"http://127.0.0.1:{port}", max_retries=0)
+    try:
+        with pytest.raises(KaptureTransientError) as caught:
+            hook.update_order(SAMPLE_ORDER)
+    finally:
+        server.join(timeout=5)
+        listener.close()
+
+    assert (caught.value.cause, caught.value.host) == (Cause.CUT_OFF, f"127.0.0.1:{port}")
+    assert f"order {ORDER_ID}: the answer from 127.0.0.1:{port} was cut off" in caught.value.message
+
+
+# -- test_connection: one sentence naming the host, per outcome ---------------------------------------
 
 
 @pytest.mark.parametrize("failure_mode", ["body", "http"])
@@ -745,7 +862,7 @@ def test_test_connection_with_good_credentials(kapture_emulator: KaptureEmulator
     ok, message = hook.test_connection()
 
     assert ok is True, message
-    assert kapture_emulator.url in message
+    assert message == f"Connected to Kapture at {kapture_emulator.url}; the credentials were accepted"
     new = kapture_emulator.requests[seen_before:]
     assert [r.path for r in new] == [SEARCH_PATH]
     assert not any(r.stored for r in new)
@@ -753,8 +870,10 @@ def test_test_connection_with_good_credentials(kapture_emulator: KaptureEmulator
     assert kapture_emulator.update_counts == counts_before
 
 
-@pytest.mark.parametrize("failure_mode", ["body", "http"])
-def test_test_connection_with_bad_credentials(kapture_emulator: KaptureEmulator, make_hook, failure_mode: str) -> None:
+@pytest.mark.parametrize(("failure_mode", "status"), [("body", 200), ("http", 401)])
+def test_test_connection_with_bad_credentials(
+    kapture_emulator: KaptureEmulator, make_hook, failure_mode: str, status: int
+) -> None:
     kapture_emulator.configure(failure_mode=failure_mode)
     wrong = "wrong-password-456"
     hook = make_hook(password=wrong)
@@ -762,31 +881,49 @@ def test_test_connection_with_bad_credentials(kapture_emulator: KaptureEmulator,
     ok, message = hook.test_connection()
 
     assert ok is False
-    assert "credentials" in message
+    assert message == (
+        f"127.0.0.1:{kapture_emulator.port} refused the credentials (HTTP {status}: Invalid Auth Key); "
+        "check the User name and Password"
+    )
     assert wrong not in message
-    assert basic_token(kapture_emulator.config["username"], wrong) not in message
     assert [r.path for r in kapture_emulator.requests] == [SEARCH_PATH]
     assert add_update_requests(kapture_emulator) == []
     assert kapture_emulator.orders == {}
 
 
-def test_test_connection_with_unreachable_host(make_hook) -> None:
-    with socket.socket() as sock:  # a loopback port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_test_connection_with_a_closed_port(make_hook) -> None:
+    port = closed_port()
     hook = make_hook(host=f"http://127.0.0.1:{port}")
 
     ok, message = hook.test_connection()
 
     assert ok is False
-    assert "connection" in message.lower()
+    assert message == (
+        f"127.0.0.1:{port} refused the connection (nothing listens on that port, or a firewall rejects it)"
+    )
+    assert hook.requests_sent == 1
+
+
+def test_test_connection_with_an_unknown_host(make_hook) -> None:
+    ok, message = make_hook(host="kapture-test.invalid").test_connection()
+
+    assert ok is False
+    assert message.startswith("the host name kapture-test.invalid (the connection's Host) could not be resolved")
+    assert message.count("kapture-test.invalid") == 1
+
+
+def test_test_connection_with_a_connect_timeout(make_hook, full_backlog: int) -> None:
+    ok, message = make_hook(host=f"http://127.0.0.1:{full_backlog}", connect_timeout=0.3).test_connection()
+
+    assert ok is False
+    assert message == f"no connection to 127.0.0.1:{full_backlog} within the connect timeout (0.3 s)"
 
 
 def test_test_connection_with_refused_plain_http(make_hook) -> None:
     ok, message = make_hook(host="http://kapture.example.com").test_connection()
 
     assert ok is False
-    assert "allow_insecure_http" in message
+    assert "kapture.example.com" in message and "allow_insecure_http" in message
 
 
 def test_test_connection_on_wrong_path_is_not_success(kapture_emulator: KaptureEmulator, make_hook) -> None:
@@ -796,4 +933,61 @@ def test_test_connection_on_wrong_path_is_not_success(kapture_emulator: KaptureE
 
     assert [r.status for r in kapture_emulator.requests] == [404]
     assert ok is False, message  # a 404 proves nothing about the credentials
+    assert message == (
+        f"127.0.0.1:{kapture_emulator.port} is not Kapture's API: its order search "
+        f"{kapture_emulator.url}/not-kapture{SEARCH_PATH} answered HTTP 404; check the Host (the base URL or the "
+        "subdomain)"
+    )
     assert "wrong-password-789" not in message
+
+
+class _FixedAnswerHandler(BaseHTTPRequestHandler):
+    """Answers every request with ``answer``: (status, content type, extra headers, body)."""
+
+    protocol_version = "HTTP/1.1"
+    answer: tuple[int, str, dict[str, str], bytes] = (200, "text/plain", {}, b"")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        status, content_type, headers, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("answer", "described"),
+    [
+        ((405, "text/html", {"Allow": "GET"}, b"<h1>Method Not Allowed</h1>"), "answered HTTP 405"),
+        ((302, "text/html", {"Location": "https://example.com/login"}, b""), "answered HTTP 302"),
+        (
+            (200, "text/html", {}, b"<html><body>Welcome to nginx!</body></html>"),
+            "HTTP 200 with a body that is not JSON",
+        ),
+        ((200, "application/json", {}, b'{"ok": true}'), "answered JSON without a status"),
+    ],
+    ids=["405", "redirect", "html-page", "json-without-status"],
+)
+def test_test_connection_to_a_server_that_is_not_kapture(
+    make_hook, answer: tuple[int, str, dict[str, str], bytes], described: str
+) -> None:
+    handler = type("Handler", (_FixedAnswerHandler,), {"answer": answer})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        ok, message = make_hook(host=f"http://127.0.0.1:{server.server_port}").test_connection()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert ok is False
+    assert message.startswith(f"127.0.0.1:{server.server_port} is not Kapture's API: its order search ")
+    assert described in message
+    assert "refused the order" not in message

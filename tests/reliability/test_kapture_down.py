@@ -130,7 +130,7 @@ def test_kapture_down_fails_within_bound_and_next_interval_delivers(
         entry = ledger[order_id]
         assert entry["status"] == "failed" and entry["delivered_at"] is None
         assert (entry["pending_body"].encode(), entry["pending_hash"]) == (order.data, order.body_hash)
-        assert "connection failed" in entry["last_error"] or "not sent: Kapture unavailable" in entry["last_error"]
+        assert "refused the connection" in entry["last_error"] or "not sent: Kapture unavailable" in entry["last_error"]
     assert by_status(ledger, "invalid") == set(expected_1.invalid)
     pending_after_failure = sum(1 for entry in ledger.values() if entry["pending_body"] is not None)
 

@@ -11,7 +11,8 @@
   owed to Kapture, by design.)
 * UpdateOrderOperator: the rendered ``orders`` stored for the UI (``rendered_task_instance_fields``) show
   ``***`` instead of the customer's phone and email, while Kapture receives the real values.
-* TLS verification is on (a self-signed server is refused); plain http to a non-loopback host is refused
+* TLS verification is on (a self-signed server is refused at once, not retried; proxies and private CAs
+  are tested in ``tests/hooks/test_proxy_and_tls.py``); plain http to a non-loopback host is refused
   with a clear error unless ``allow_insecure_http``; a redirect to another host (or port) never carries
   the Authorization header there.
 """
@@ -43,7 +44,7 @@ from reliability_kit import (
 )
 
 from kapture_provider.compat import DAG, AirflowException, AirflowFailException, CronDataIntervalTimetable
-from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureTransientError
+from kapture_provider.exceptions import KaptureConnectionError, KaptureError, KaptureRejectedError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.operators.update_order import UpdateOrderOperator
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
@@ -336,25 +337,6 @@ def test_https_is_the_default_scheme(kapture_conn_env: Any) -> None:
     assert KaptureHook("kapture_tls").settings.base_url == "https://acme.kapturecrm.com"
 
 
-def test_proxy_settings_in_the_environment_are_ignored(
-    kapture_emulator: KaptureEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    proxy = LocalServer("127.0.0.1", lambda handler, body: (200, {}, b'{"status": "success"}'))
-    try:
-        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-            monkeypatch.setenv(name, proxy.url)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
-        monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_PROXY", kapture_emulator.connection_json())
-        KaptureHook("kapture_proxy").update_order(
-            {"customer_info": {"customer_name": "A"}, "order_info": {"order_id": "7"}}
-        )
-    finally:
-        proxy.close()
-    assert proxy.seen == []  # the credentials never went through a proxy
-    assert "7" in kapture_emulator.orders
-
-
 @pytest.fixture
 def self_signed_server(tmp_path: Path) -> Iterator[LocalServer]:
     """An HTTPS server on loopback with a self-signed certificate for 127.0.0.1 (not trusted by anyone)."""
@@ -400,8 +382,9 @@ def test_self_signed_certificate_is_refused(self_signed_server: LocalServer, kap
         extra={**FAST_BACKOFF, "max_retries": 1},
     )
     hook = KaptureHook("kapture_tls")
-    with pytest.raises(KaptureTransientError, match="connection failed: the server's TLS certificate was not accepted"):
+    with pytest.raises(KaptureConnectionError, match=r"TLS certificate of 127\.0\.0\.1:\d+ is not trusted") as refused:
         hook.update_order({"customer_info": {"customer_name": "A"}, "order_info": {"order_id": "1"}})
+    assert not refused.value.retryable and hook.requests_sent == 1  # settings to change: not retried
     assert self_signed_server.seen == []  # the handshake failed: no request, no Authorization header, went out
 
 
