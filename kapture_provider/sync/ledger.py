@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
+import logging
 import re
 import sqlite3
 import threading
@@ -49,6 +51,7 @@ from kapture_provider.sync.dialect import (
     engine_of,
 )
 
+log = logging.getLogger(__name__)
 DELIVERED, FAILED, INVALID = "delivered", "failed", "invalid"
 #: Refused too many times in a row: kept with its body, listed, no longer retried until its row changes.
 PARKED = "parked"
@@ -336,6 +339,7 @@ class SqliteLedger(LedgerDialect):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # _WalCheckpoints runs them, outside the ledger's lock
         return conn
 
 
@@ -474,6 +478,7 @@ class Ledger:
         self._lock = threading.RLock()  # one thread at a time on the connection
         self._group = _GroupCommit()
         self._statements: dict[tuple[bool, tuple[str, ...], int], str] = {}
+        self._checkpoints: _WalCheckpoints | None = None
 
     @property
     def conn(self) -> Any:
@@ -488,6 +493,8 @@ class Ledger:
                         f"{self.hook.get_conn_id()!r}; it needs {LEDGER_DATABASES}"
                     )
                 self._conn = conn
+                if self.dialect.engine == SQLITE:
+                    self._checkpoints = _WalCheckpoints(conn.execute("PRAGMA database_list").fetchone()[2])
             return self._conn
 
     def _rollback(self) -> None:
@@ -590,6 +597,8 @@ class Ledger:
                     group.changed.notify_all()
         if write.error is not None:
             raise write.error
+        if self._checkpoints is not None:
+            self._checkpoints.committed()  # outside the lock: the other threads keep recording meanwhile
 
     @_serialized
     def _write(self, rows: Sequence[tuple[bool, dict[str, Any]]]) -> None:
@@ -693,6 +702,45 @@ class Ledger:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+            self._checkpoints = None
+
+
+class _WalCheckpoints:
+    """Copies the SQLite ledger's write-ahead log into the database file every ``every`` records.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses 1,000 WAL pages: 5-15 ms with two
+    fsyncs, while the ledger's lock holds every sending thread (measured every ~0.9 s at 300 orders/s).
+    Here the thread whose record is due runs a passive checkpoint on a connection of its own once its
+    commit is done, outside that lock, so the others keep recording; a checkpoint already running is not
+    waited for.
+    """
+
+    def __init__(self, path: str, every: int = 250):
+        self._path = path
+        self._every = every
+        self._records = itertools.count(1)
+        self._running = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def committed(self) -> None:
+        if next(self._records) % self._every or not self._running.acquire(blocking=False):
+            return
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as err:  # nothing is lost: the commits are in the WAL, and the next one retries
+            log.warning("SQLite ledger: WAL checkpoint failed (%s); retried after the next commits", err)
+        finally:
+            self._running.release()
+
+    def close(self) -> None:
+        with self._running:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
 
 def _statements(rows: Sequence[tuple[bool, dict[str, Any]]]) -> Iterator[tuple[bool, list[dict[str, Any]]]]:

@@ -222,3 +222,23 @@ def test_shards_finishing_at_once_all_record_their_run(postgres_warehouse: Any) 
         postgres_warehouse.execute("DROP TABLE IF EXISTS kapture_order_sync_ledger_runs")
         assert finish_at_once(f"run-{attempt}", 4) == []
         assert postgres_warehouse.query("SELECT COUNT(*) FROM kapture_order_sync_ledger_runs") == [(4,)]
+
+
+def test_sqlite_ledger_checkpoints_its_write_ahead_log_as_it_goes(sqlite_warehouse: Any) -> None:
+    """SQLite's own checkpoint is off (it ran inside a commit, under the lock every sending thread waits
+    on); the ledger's replaces it: the log is copied into the database every few hundred records and
+    starts over, instead of growing with every order of the run."""
+    ledger = warehouse_ledger()
+    ledger.create()
+    wal = sqlite_warehouse.path.with_name(sqlite_warehouse.path.name + "-wal")
+    assert ledger.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for n in range(2010):
+        ledger.record([Outcome(f"order-{n}", DELIVERED, "h", f"n:{n}")], NOW)
+        if n == 0:
+            before = wal.stat().st_size
+        elif n == 10:
+            one_commit = (wal.stat().st_size - before) / 10  # what one more order adds to the log
+
+    assert wal.stat().st_size < 1000 * one_commit  # without checkpoints: over 2,000 times as much
+    ledger.close()
+    assert len(sqlite_warehouse.ledger()) == 2010
