@@ -4,12 +4,14 @@ One run:
 
 1. rows arrive in chunks; each is mapped and validated (an invalid row is recorded with its reason
    and never sent);
-2. each chunk is compared with the ledger in one query: same body hash as last delivered →
-   ``unchanged``; a version older than the newest sent → ``stale``; anything else is sent;
-3. ``max_concurrency`` sending threads share one hook. Each takes the next order from a short queue,
-   sends it and records the result in the ledger itself before it takes another, so a run killed at
-   any point resends at most ``max_concurrency`` orders when it is run again, and no sending thread
-   waits for the main thread (which reads, maps and decides the next orders meanwhile);
+2. each chunk is compared with the ledger in one query per piece (a chunk of distinct orders is taken
+   in growing pieces, so the first requests leave while the rest is mapped): same body hash as last
+   delivered → ``unchanged``; a version older than the newest sent → ``stale``; anything else is sent;
+3. up to ``max_concurrency`` sending threads (started as orders are queued) share one hook. Each takes
+   the next order from a short queue, sends it and records the result in the ledger itself before it
+   takes another, so a run killed at any point resends at most ``max_concurrency`` orders when it is
+   run again, and no sending thread waits for the main thread (which reads, maps and decides the next
+   orders meanwhile);
 4. after the rows, orders that failed in earlier runs (of any interval) are resent from the body the
    ledger kept for them, unless this run already dealt with them. They are counted apart (``retried_*``):
    this run's own rows decide its failure ratio. An order Kapture refused ``park_after_refusals`` times
@@ -24,7 +26,7 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -161,6 +163,7 @@ class OrderSync:
         self._dry_run_ids: set[str] = set()  # failed orders a dry run counted as to send (it records nothing)
         # sending: the main thread queues orders, the sending threads send and record them
         self._queue: queue.Queue[_Send | None] = queue.Queue(maxsize=max_concurrency)
+        self._senders: list[threading.Thread] = []
         self._lock = threading.Lock()  # guards the summary's counts and everything below
         self._changed = threading.Condition(self._lock)  # notified when an order is done with
         self._outstanding: set[str] = set()  # queued or being sent: not recorded yet
@@ -196,16 +199,13 @@ class OrderSync:
             raise ValueError("sharding needs a column named 'order_id' or 'order_info.order_id'")
         self._prepare_ledger()
         requests_before = self.hook.requests_sent
-        senders = [
-            threading.Thread(target=self._send_queued, name=f"kapture-sync-{n}", daemon=True)
-            for n in range(0 if self.dry_run else self.max_concurrency)
-        ]
+        self._senders = []
         reporter = threading.Thread(target=self._report_progress, name="kapture-sync-progress", daemon=True)
-        for thread in [*senders, reporter]:
-            thread.start()
+        reporter.start()
         try:
             for chunk in chunks:
-                self._sync_chunk(mapper, chunk, version_index, id_index)
+                for piece in self._pieces(chunk, id_index):
+                    self._sync_chunk(mapper, piece, version_index, id_index)
             self._retry_pending()
             self._wait_until_done()
             self._flush_not_sent()
@@ -214,9 +214,9 @@ class OrderSync:
             self._stopping = True  # queued orders are not sent; requests in flight finish and are recorded
             raise
         finally:
-            for _ in senders:
+            for _ in self._senders:
                 self._queue.put(None)
-            for sender in senders:
+            for sender in self._senders:
                 sender.join()
             self._done.set()
             reporter.join()
@@ -226,6 +226,19 @@ class OrderSync:
         return self.summary
 
     # -- per chunk ------------------------------------------------------------------------------
+    def _pieces(self, chunk: Sequence[Sequence[Any]], id_index: int | None) -> Iterator[Sequence[Sequence[Any]]]:
+        """The chunk in growing pieces (``max_concurrency`` rows first), so that the first requests leave
+        while the rest is mapped; whole when it holds several rows of one order (or rows without an order
+        id column), which are resolved within a chunk."""
+        ids = {_best_effort_order_id(row, id_index) for row in chunk} if id_index is not None else {None}
+        if None in ids or len(ids) < len(chunk):
+            yield chunk
+            return
+        start, size = 0, self.max_concurrency
+        while start < len(chunk):
+            yield chunk[start : start + size]
+            start, size = start + size, size * 4
+
     def _sync_chunk(
         self,
         mapper: OrderMapper,
@@ -315,6 +328,10 @@ class OrderSync:
                 self._changed.wait()  # never two requests for one order at once
             self._raise_failure()
             self._outstanding.add(item.order.order_id)
+        if len(self._senders) < self.max_concurrency:  # started as orders come: none for a run with nothing to send
+            sender = threading.Thread(target=self._send_queued, name=f"kapture-sync-{len(self._senders)}", daemon=True)
+            sender.start()
+            self._senders.append(sender)
         self._queue.put(item)
 
     def _wait_until_done(self) -> None:

@@ -11,6 +11,7 @@ through the ``airflow`` command in ``test_acceptance_cli.py``.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections import Counter
 from decimal import Decimal
@@ -289,3 +290,45 @@ def test_literal_percent_in_a_query_without_parameters(any_warehouse, kapture_co
     assert expected and len(expected) < len(rows)
     assert (summary["rows_read"], summary["succeeded"]) == (len(expected), len(expected))
     assert set(kapture_conn.orders) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# the first requests leave while the rest of the first chunk is mapped
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("duplicate", [False, True], ids=["distinct-orders", "an-order-twice"])
+def test_first_requests_leave_before_the_whole_chunk_is_mapped(kapture_conn: KaptureEmulator, duplicate: bool) -> None:
+    """A chunk of distinct orders is decided in growing pieces: requests for the first ones are under way
+    before its last row is mapped. A chunk holding one order twice is mapped whole first (the newer row
+    of an order wins within a chunk), so nothing is sent before its last row is mapped."""
+    from kapture_provider.hooks.kapture import KaptureHook
+    from kapture_provider.sync.engine import OrderSync
+
+    rows = [(f"P-{n}", f"Customer {n}") for n in range(300)]
+    if duplicate:
+        rows[150] = ("P-7", "Customer 7, again")
+    last = rows[-1][0]
+    seen_at_last_row: list[int] = []
+
+    def note_requests_at_the_last_row(row: dict[str, Any]) -> dict[str, Any]:
+        if row["order_id"] == last:
+            deadline = time.monotonic() + 10  # the first piece is queued already: wait for its sending threads
+            while not duplicate and not add_updates(kapture_conn) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_at_last_row.append(len(add_updates(kapture_conn)))
+        return {}
+
+    hook = KaptureHook(max_requests_per_second=None)
+    try:
+        summary = OrderSync(hook, None, max_concurrency=4).run(
+            ["order_id", "customer_name"], [rows], row_mapper=note_requests_at_the_last_row
+        )
+    finally:
+        hook.close()
+
+    assert (seen_at_last_row[0] > 0) is not duplicate
+    assert summary.succeeded == len({order_id for order_id, _ in rows})
+    assert kapture_conn.orders["P-7"]["customer_info"]["customer_name"] == (
+        "Customer 7, again" if duplicate else "Customer 7"
+    )
