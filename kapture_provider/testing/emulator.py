@@ -818,6 +818,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "kapture-emulator"
 
     raw_requestline: bytes
+    arrived: float
+    """When the request line was read (monotonic): the emulated latency counts from it."""
     fields: dict[str, str]
     """The request's header fields, names lower-cased (the last of repeated ones)."""
 
@@ -831,6 +833,7 @@ class _Handler(BaseHTTPRequestHandler):
         all the rest of a request here. HTTP/1.0 and 1.1 only; keep-alive and ``Expect: 100-continue``
         are honoured as in the standard library.
         """
+        self.arrived = time.monotonic()  # the request line is in: the latency counts from here
         self.close_connection = True
         self.command, self.request_version = "", self.protocol_version
         self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
@@ -857,20 +860,20 @@ class _Handler(BaseHTTPRequestHandler):
         return fields.get("expect", "").lower() != "100-continue" or self.handle_expect_100()
 
     def _handle(self) -> None:
-        arrived = time.monotonic()
         raw = self._read_body()
         if raw is None:
             return
         emulator = self.server.emulator
         reply = emulator._answer(self.command, self.path, self.fields.get("authorization"), raw)
-        # the latency counts from the request's arrival: the time spent handling it is part of it
-        if reply.delay and emulator._stopping.wait(max(arrived + reply.delay - time.monotonic(), 0.0)):
+        answer = b"" if reply.reset else self._encode(reply)
+        # the latency counts from the request's arrival: reading, handling and encoding are part of it
+        if reply.delay and emulator._stopping.wait(max(self.arrived + reply.delay - time.monotonic(), 0.0)):
             self.close_connection = True  # stopped while waiting: drop the connection unanswered
             return
         if reply.reset:
             self._reset_connection()
         else:
-            self._write(reply)
+            self._send(answer)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -890,8 +893,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _write(self, reply: _Reply) -> None:
+        self._send(self._encode(reply))
+
+    def _send(self, answer: bytes) -> None:
         # Status line, headers and body leave in a single write: a separate body segment would wait
         # for the client's delayed ACK on keep-alive connections.
+        try:
+            self.wfile.write(answer)
+        except OSError:
+            self.close_connection = True
+
+    def _encode(self, reply: _Reply) -> bytes:
         lines = [
             f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}",
             f"Server: {self.server_version}",
@@ -902,10 +914,7 @@ class _Handler(BaseHTTPRequestHandler):
         lines.extend(f"{name}: {value}" for name, value in reply.headers)
         if self.close_connection:
             lines.append("Connection: close")
-        try:
-            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body)
-        except OSError:
-            self.close_connection = True
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
 
     def _reset_connection(self) -> None:
         """Drop the connection with a TCP RST (SO_LINGER on, zero timeout) instead of answering."""
