@@ -23,13 +23,14 @@ from kapture_provider.sync.engine import OrderSync
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"
 #: (category, test on "filename:function") — the first match wins.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("urllib3 (pool, request and response objects)", ("/urllib3/",)),
     ("http.client + email header parsing (stdlib)", ("/http/client.py", "/email/")),
     ("socket send/recv/poll (syscalls)", ("_socket.socket", "select.poll", "socket.py")),
     ("SQLite calls (warehouse read + ledger)", ("sqlite3",)),
     ("payload mapping + JSON encoding", ("kapture_provider/payload.py", "/json/", "json.")),
     ("sha256 hashing", ("_hashlib", "sha256")),
     ("sync engine + ledger (Python)", ("kapture_provider/sync/",)),
-    ("KaptureHook, throttle, connection pool (Python)", ("kapture_provider/hooks/",)),
+    ("KaptureHook, throttle, transport (Python)", ("kapture_provider/hooks/",)),
     ("threads, locks, queues", ("threading.py", "queue.py", "lock", "acquire")),
     ("typing/abc isinstance checks", ("typing.py", "abc", "isinstance")),
 ]
