@@ -233,6 +233,46 @@ def test_proxy_extra_empty_or_false_connects_directly_whatever_the_environment(
     assert relay.connections == 0
 
 
+def test_lower_case_proxy_variables_win_over_upper_case(
+    tls_emulator: KaptureEmulator,
+    relay: RecordingRelay,
+    proxy: TinyProxy,
+    pki: Pki,
+    make_hook: Callable[..., KaptureHook],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("https_proxy", relay.url)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    hook = make_hook(tls_emulator, ca_bundle=str(pki.ca))
+
+    assert hook.update_order(ORDER)["status"] == "success"
+
+    assert_tunnelled(relay, proxy, tls_emulator)
+
+
+def test_a_socks_proxy_is_refused_with_a_clear_error(
+    tls_emulator: KaptureEmulator, make_hook: Callable[..., KaptureHook]
+) -> None:
+    from kapture_provider.compat import AirflowFailException
+
+    hook = make_hook(tls_emulator, proxy="socks5://etl:pw@proxy.corp:1080")
+
+    with pytest.raises(AirflowFailException, match=r"the connection extra 'proxy': a socks5:// proxy is not supported"):
+        hook.check_settings()
+    assert tls_emulator.requests == []
+
+
+def test_connection_form_offers_the_network_extras_with_secrets_masked() -> None:
+    from kapture_provider import get_provider_info
+
+    (connection_type,) = get_provider_info()["connection-types"]
+    fields = connection_type["conn-fields"]
+    assert {"proxy", "ca_bundle", "client_cert", "client_key", "client_key_password"} <= set(fields)
+    secret = {name for name, field in fields.items() if field["schema"].get("format") == "password"}
+    assert {"proxy", "client_key_password"} <= secret  # a proxy URL may hold the proxy's password
+    assert not {"ca_bundle", "client_cert", "client_key"} & secret  # paths to files, not secrets
+
+
 def test_proxy_extra_overrides_the_environment(
     tls_emulator: KaptureEmulator,
     relay: RecordingRelay,
@@ -348,8 +388,12 @@ def test_certifi_alone_does_not_trust_a_private_ca(
 
     with pytest.raises(KaptureConnectionError, match=r"certifi's CA bundle.*set the connection extra ca_bundle"):
         hook.update_order(ORDER)
+    ok, message = hook.test_connection()
 
     assert tls_emulator.requests == []
+    assert not ok
+    assert message.startswith(f"the TLS certificate of 127.0.0.1:{tls_emulator.port} is not trusted")
+    assert "set the connection extra ca_bundle" in message and message.count("not trusted") == 1
 
 
 def test_unreadable_ca_bundle_is_a_settings_error(
