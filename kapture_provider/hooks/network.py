@@ -74,7 +74,7 @@ def parse_proxy(value: str, source: str) -> Proxy:
         raise ValueError(f"{source}: the proxy URL has no host")
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
-    proxy = Proxy(f"{parts.scheme}://{_bracketed(parts.hostname)}:{port}", source, username, password)
+    proxy = Proxy(f"{parts.scheme}://{bracketed(parts.hostname)}:{port}", source, username, password)
     if password:
         for secret in {password, quote(password, safe=""), parts.password or ""} - {""}:
             mask_secret(secret)
@@ -114,7 +114,7 @@ def bypasses_proxy(host: str, port: int | None, no_proxy: str) -> bool:
                     return True
             except ValueError:
                 continue
-    named = f"{_bracketed(host)}:{port}" if port else _bracketed(host)
+    named = f"{bracketed(host)}:{port}" if port else bracketed(host)
     bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
     return bool(bypass(named, {"no": no_proxy}))
 
@@ -126,7 +126,8 @@ def _variable_holding(value: str, scheme: str) -> str:
     return f"{scheme.upper()}_PROXY"
 
 
-def _bracketed(host: str) -> str:
+def bracketed(host: str) -> str:
+    """An IPv6 address in brackets, as in a URL; other hosts as they are."""
     return f"[{host}]" if ":" in host else host
 
 

@@ -34,7 +34,7 @@ from urllib3.exceptions import (
 )
 
 from kapture_provider.exceptions import Cause
-from kapture_provider.hooks.network import Proxy, Trust, tls_context
+from kapture_provider.hooks.network import Proxy, Trust, bracketed, tls_context
 
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
 #: The server refused or required our client certificate (TLS alerts seen by the client).
@@ -107,7 +107,9 @@ class Transport:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.proxy = proxy
         self.trust = trust
-        self.host = parts.netloc.rpartition("@")[2]
+        self.host = parts.netloc.rpartition("@")[2]  # as the connection names it: acme.kapturecrm.com
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.address = f"{bracketed(parts.hostname)}:{port}"  # what the network failures name
         self._prefix = parts.path.rstrip("/")
         self._headers = dict(headers)
         tls = tls_context(trust) if parts.scheme == "https" or (proxy and proxy.url.startswith("https:")) else None
@@ -170,7 +172,7 @@ class Transport:
             return self._proxy_failure(inner)  # the proxy answered the CONNECT with an error
         if proxy is not None and isinstance(err, ReadTimeoutError) and err.url == self._proxy_url:
             return self._proxy_failure(err)  # the proxy did not answer the CONNECT
-        host, via = self.host, f" ({self.describe_route()})" if proxy else ""
+        host, via = self.address, f" ({self.describe_route()})" if proxy else ""
         name = f"the host name {_name(host)} (the connection's Host)"
         named = _connection_failure(err, host, name, host, self._timeouts[0])
         if named is not None:
@@ -235,7 +237,7 @@ class Transport:
     def _proxy_failure(self, err: BaseException) -> TransportError:
         """A failure between us and the proxy, or the proxy's refusal to open the tunnel."""
         assert self.proxy is not None
-        proxy, target = self.proxy, self.host
+        proxy, target = self.proxy, self.address
         host = proxy.url.split("://", 1)[1]
         refused = _TUNNEL_REFUSED.search(str(err)) if isinstance(err, OSError) else None
         if refused is not None:
@@ -301,9 +303,9 @@ def _connection_failure(err: BaseException, where: str, name: str, host: str, ti
     return None
 
 
-def _name(netloc: str) -> str:
-    host, _, port = netloc.rpartition(":")
-    return host if host and port.isdigit() else netloc
+def _name(address: str) -> str:
+    """The host name of ``host:port``."""
+    return address.rpartition(":")[0].strip("[]")
 
 
 def _dns_reason(err: NameResolutionError) -> str:

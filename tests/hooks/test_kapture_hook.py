@@ -767,7 +767,7 @@ def test_dns_failure_names_the_host(make_hook) -> None:
         hook.update_order(SAMPLE_ORDER)
 
     error = caught.value
-    assert (error.cause, error.host, error.retryable) == (Cause.DNS, "kapture-test.invalid", True)
+    assert (error.cause, error.host, error.retryable) == (Cause.DNS, "kapture-test.invalid:443", True)
     assert "the host name kapture-test.invalid (the connection's Host) could not be resolved" in error.message
     assert hook.requests_sent == 2  # retried: a resolver can fail for a moment
 
