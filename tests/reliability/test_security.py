@@ -38,7 +38,6 @@ from reliability_kit import (
     EXAMPLE_TASK_ID,
     FAST_BACKOFF,
     FakeTaskInstance,
-    kapture_conn_json,
     ledger_rows,
     load_example_dag,
 )
@@ -217,13 +216,13 @@ def test_full_sync_leaves_no_secret_or_personal_data_anywhere(
         with KaptureEmulator(username=LOGIN, password=password, seed=7, retry_after=0) as emulator:
             emulator.configure(fault_rate=0.3, fault_kinds=FAULTS)
             extras = {**FAST_BACKOFF, "max_retries": 1}
-            monkeypatch.setenv("AIRFLOW_CONN_KAPTURE_FAULTY", kapture_conn_json(emulator.url, **extras))
-            monkeypatch.setenv(
-                "AIRFLOW_CONN_KAPTURE_ECHO",
-                json.dumps(
-                    {"conn_type": "kapture", "host": echo.url, "login": LOGIN, "password": password, "extra": extras}
-                ),
-            )
+            for conn_id, url in (("FAULTY", emulator.url), ("ECHO", echo.url)):  # both with this test's credentials
+                monkeypatch.setenv(
+                    f"AIRFLOW_CONN_KAPTURE_{conn_id}",
+                    json.dumps(
+                        {"conn_type": "kapture", "host": url, "login": LOGIN, "password": password, "extra": extras}
+                    ),
+                )
             first_dag, second_dag = sync_dag("kapture_faulty"), sync_dag("kapture_echo")
             first = run_dag_at(first_dag, dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC))
             faults_seen = sum(1 for r in emulator.requests if r.path == ADD_UPDATE_PATH and r.fault)
