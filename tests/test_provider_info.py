@@ -85,7 +85,8 @@ def test_ui_form_prefills_the_hooks_defaults(ui_form: dict[str, Any]) -> None:
     extras = ui_form["extras"]
     shown = {name: field["default"] for name, field in extras.items()}
     defaults = {f.name: f.default for f in dataclasses.fields(KaptureSettings) if f.name in extras}
-    expected = {**defaults, "allow_insecure_http": False}
+    unset = {"proxy", "ca_bundle", "client_cert", "client_key", "client_key_password"}  # the environment's, or none
+    expected = {**defaults, "allow_insecure_http": False, **dict.fromkeys(unset)}
     if not AIRFLOW_V_3_2_PLUS:  # number fields are text fields there: their defaults are text too
         kinds = {f.name: f.kind for f in connection_form.EXTRA_FIELDS}
         expected = {name: str(value) if kinds[name] == "number" else value for name, value in expected.items()}

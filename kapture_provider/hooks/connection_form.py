@@ -79,22 +79,25 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
     ExtraField(
         "proxy", "Proxy URL",
         "http://[user:password@]host:port of the egress proxy (HTTPS goes through it in a CONNECT tunnel). "
-        "Leave unset to use HTTPS_PROXY / NO_PROXY from the worker's environment; empty or false: no proxy.",
-        "string", secret=True,
+        "Leave empty to use HTTPS_PROXY and NO_PROXY from the workers' environment; false: connect directly.",
+        "string", None, secret=True,
     ),
     ExtraField(
         "ca_bundle", "CA bundle (PEM file)",
         "Path on the workers to the PEM file of the CAs to trust (an internal CA, a TLS-inspecting proxy's). "
-        "Unset: REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else certifi's bundle.",
-        "string",
+        "Empty: REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else certifi's bundle.",
+        "string", None,
     ),
     ExtraField(
         "client_cert", "Client certificate (PEM file)",
-        "Path to a client certificate for mutual TLS (its key too, unless Client key is set).", "string",
+        "Path to a client certificate for mutual TLS (its key too, unless Client key is set).", "string", None,
     ),
-    ExtraField("client_key", "Client key (PEM file)", "Path to the client certificate's private key.", "string"),
     ExtraField(
-        "client_key_password", "Client key password", "Only if the client key is encrypted.", "string", secret=True,
+        "client_key", "Client key (PEM file)", "Path to the client certificate's private key.", "string", None,
+    ),
+    ExtraField(
+        "client_key_password", "Client key password", "Only if the client key is encrypted.", "string", None,
+        secret=True,
     ),
 )  # fmt: skip
 
@@ -152,6 +155,7 @@ def form_widgets() -> dict[str, Any]:
             widgets[f.name] = PasswordField(f.label, **common, **password)
         elif f.kind == "integer":
             widgets[f.name] = IntegerField(f.label, validators=validators, **common, **text)
-        else:  # numbers are entered as text: wtforms has no float field Airflow's form accepts
-            widgets[f.name] = StringField(f.label, **{**common, "default": str(f.default)}, **text)
+        else:  # text, numbers too: wtforms has no float field Airflow's form accepts
+            default = None if f.default is None else str(f.default)  # unset stays unset, not "None"
+            widgets[f.name] = StringField(f.label, **{**common, "default": default}, **text)
     return widgets
