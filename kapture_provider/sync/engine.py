@@ -204,8 +204,7 @@ class OrderSync:
         reporter.start()
         try:
             for chunk in chunks:
-                for piece in self._pieces(chunk, id_index):
-                    self._sync_chunk(mapper, piece, version_index, id_index)
+                self._sync_chunk(mapper, chunk, version_index, id_index)
             self._retry_pending()
             self._wait_until_done()
             self._flush_not_sent()
@@ -226,19 +225,6 @@ class OrderSync:
         return self.summary
 
     # -- per chunk ------------------------------------------------------------------------------
-    def _pieces(self, chunk: Sequence[Sequence[Any]], id_index: int | None) -> Iterator[Sequence[Sequence[Any]]]:
-        """The chunk in growing pieces (``max_concurrency`` rows first), so that the first requests leave
-        while the rest is mapped; whole when it holds several rows of one order (or rows without an order
-        id column), which are resolved within a chunk."""
-        ids = {_best_effort_order_id(row, id_index) for row in chunk} if id_index is not None else {None}
-        if None in ids or len(ids) < len(chunk):
-            yield chunk
-            return
-        start, size = 0, self.max_concurrency
-        while start < len(chunk):
-            yield chunk[start : start + size]
-            start, size = start + size, size * 4
-
     def _sync_chunk(
         self,
         mapper: OrderMapper,
@@ -252,9 +238,37 @@ class OrderSync:
             chunk = [row for row in chunk if self._in_shard(_best_effort_order_id(row, id_index))]
         first_row = summary.rows_read + 1
         summary.rows_read += len(chunk)
+        for start, piece in self._pieces(chunk, id_index):
+            self._sync_piece(mapper, piece, first_row + start, version_index, id_index)
+
+    def _pieces(
+        self, chunk: Sequence[Sequence[Any]], id_index: int | None
+    ) -> Iterator[tuple[int, Sequence[Sequence[Any]]]]:
+        """The chunk in growing pieces (``max_concurrency`` rows first) with their offsets, so that the first
+        requests leave while the rest is mapped; whole when it holds several rows of one order (or rows
+        without an order id column), which are resolved within a chunk."""
+        ids = {_best_effort_order_id(row, id_index) for row in chunk} if id_index is not None else {None}
+        if None in ids or len(ids) < len(chunk):
+            yield 0, chunk
+            return
+        start, size = 0, self.max_concurrency
+        while start < len(chunk):
+            yield start, chunk[start : start + size]
+            start, size = start + size, size * 4
+
+    def _sync_piece(
+        self,
+        mapper: OrderMapper,
+        rows: Sequence[Sequence[Any]],
+        first_row: int,
+        version_index: int | None,
+        id_index: int | None,
+    ) -> None:
+        """Map, validate and decide these rows (numbered from ``first_row``), and queue those to send."""
+        summary = self.summary
         candidates: list[_Send] = []
         rejected: list[tuple[int, str | None, str | None, str]] = []  # row number, order id, version, reason
-        for offset, row in enumerate(chunk):
+        for offset, row in enumerate(rows):
             version = encode_version(row[version_index]) if version_index is not None else None
             try:
                 candidates.append(_Send(mapper.prepare(row), version))
