@@ -490,7 +490,9 @@ def test_connection_made_in_the_form_passes_the_test_button(deployment: Deployme
     status, stored = deployment.call("GET", f"/api/v2/connections/{conn_id}", token=deployment.token("admin"))
     assert status == 200 and stored["port"] == emulator.port
     extra = json.loads(stored["extra"])
-    assert extra and None not in extra.values(), extra  # the hook's defaults, not a row of nulls
+    network = {"proxy", "ca_bundle", "client_cert", "client_key", "client_key_password"}  # unset by default
+    assert extra and None not in [v for k, v in extra.items() if k not in network], extra  # the hook's defaults
+    assert all(extra.get(k) is None for k in network), extra  # unset, not "" (an empty proxy means: go direct)
 
     searches = len([r for r in emulator.requests if r.path == SEARCH_PATH])
     row.find_element(By.CSS_SELECTOR, "button[aria-label='Test Connection']").click()
