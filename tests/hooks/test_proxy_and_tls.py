@@ -309,7 +309,7 @@ def test_proxy_credentials_open_the_tunnel_and_stay_masked(
     make_hook: Callable[..., KaptureHook],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from airflow.sdk._shared.secrets_masker import redact
+    from kapture_provider.compat import redact
 
     relay = RecordingRelay(("127.0.0.1", authenticating_proxy.port))
     try:
