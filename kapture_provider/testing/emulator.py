@@ -890,7 +890,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._write(_failed(400, "Invalid Content-Length"))
             return None
-        return self.rfile.read(length) if length else b""
+        raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:  # the client hung up mid-body: like a real server, never act on half a request
+            self.close_connection = True
+            return None
+        return raw
 
     def _write(self, reply: _Reply) -> None:
         self._send(self._encode(reply))

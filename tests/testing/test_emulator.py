@@ -681,6 +681,21 @@ def test_malformed_requests_get_an_error_and_a_closed_connection(
     assert kapture_emulator.requests == []
 
 
+def test_a_client_that_hangs_up_mid_body_is_neither_answered_nor_recorded(
+    kapture_emulator: KaptureEmulator,
+) -> None:
+    """A worker killed between the header and body writes (urllib3 sends them apart): half a request."""
+    request = raw_post(ADD_UPDATE, json.dumps(order_body()).encode())
+    with socket.create_connection(("127.0.0.1", kapture_emulator.port), timeout=5) as sock:
+        sock.sendall(request[:-20])
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock)
+
+    assert answer == b""
+    assert kapture_emulator.requests == []
+    assert kapture_emulator.orders == {}
+
+
 def test_http_1_0_closes_and_expect_100_continue_is_honoured(kapture_emulator: KaptureEmulator) -> None:
     body = json.dumps(order_body()).encode()
     http_1_0 = raw_post(ADD_UPDATE, body).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
