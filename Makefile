@@ -42,7 +42,7 @@ test: lint pytest
 
 # A venv per Airflow series (compat/locks/), the matrix subset of the tests in each, then the README's
 # supported-versions table from the results. COMPAT_SERIES="2.11 3.0" runs only those.
-test-compat: $(STAMP)
+test-compat: $(DRIVERS)
 	$(BIN)/python compat/matrix.py run $(COMPAT_SERIES)
 	$(BIN)/python compat/matrix.py table
 

@@ -6,8 +6,10 @@ the change ledger: only the orders whose Kapture body differs from what Kapture 
 mapping and comparing 1,000,000 orders took 27 s (median) on a shared 2-core machine, memory flat (README).
 
 Connections: ``erp_warehouse`` (SQLite by default; PostgreSQL, MySQL/MariaDB and DuckDB work unchanged)
-and ``kapture_default``. The DAG can run next to the hourly Airflow DAG ``kapture_erp_order_sync``: both
-use the same ledger, so an order one of them delivered is unchanged for the other.
+and ``kapture_default``. The DAG can live next to the hourly Airflow DAG ``kapture_erp_order_sync``: both
+use the same ledger, so an order one of them delivered is unchanged for the other. Their runs should not
+overlap (both resend the orders still owed to Kapture: at once, each would be sent twice): put both tasks
+in one Airflow pool of 1 slot (``pool=`` on each operator).
 """
 
 from __future__ import annotations

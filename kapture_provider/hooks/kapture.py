@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import email.utils
-import ipaddress
 import json
 import random
 import threading
@@ -26,7 +25,7 @@ from kapture_provider.exceptions import (
     scrub,
 )
 from kapture_provider.hooks import connection_form
-from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_trust
+from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_trust, is_loopback
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, Transport, TransportError
 from kapture_provider.payload import personal_values, prepare_order
@@ -70,7 +69,7 @@ def base_url_from_host(host: str | None, *, port: int | None = None, allow_insec
     parts = urlsplit(host)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the Kapture connection's Host {host!r} is not an http(s) URL or a subdomain")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback(parts.hostname):
         raise ValueError(
             f"refusing plain http:// to {parts.hostname}: credentials would travel unencrypted. "
             "Use https://, or set the connection extra allow_insecure_http=true if you really mean it"
@@ -85,15 +84,6 @@ def base_url_from_host(host: str | None, *, port: int | None = None, allow_insec
         if parts.port is None and port != _DEFAULT_PORTS[parts.scheme]:
             netloc = f"{netloc}:{port}"
     return f"{parts.scheme}://{netloc}{parts.path}"
-
-
-def _is_loopback(hostname: str) -> bool:
-    if hostname == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        return False
 
 
 def basic_authorization(login: str | None, password: str | None) -> str:

@@ -6,7 +6,8 @@ curl and ``requests`` read it, so a worker set up for those reaches Kapture the 
 * proxy: the ``proxy`` extra (``""`` or ``false``: connect directly, whatever the environment says);
   else ``https_proxy``/``HTTPS_PROXY`` (``http_proxy`` for an ``http://`` host), then ``all_proxy``,
   unless ``no_proxy``/``NO_PROXY`` lists the host (names, ``.domain`` suffixes, ``host:port``, IP
-  addresses, CIDR ranges, ``*``);
+  addresses, CIDR ranges, ``*``). A plain ``http://`` loopback host (the emulator) never takes the
+  environment's proxy: it would read the credentials in clear, and could not reach this machine's loopback;
 * trust: the ``ca_bundle`` extra, else ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, ``SSL_CERT_FILE``,
   else certifi's bundle; a client certificate (``client_cert``, ``client_key``) for mutual TLS.
 
@@ -75,9 +76,11 @@ def parse_proxy(value: str, source: str) -> Proxy:
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password is not None else None
     proxy = Proxy(f"{parts.scheme}://{bracketed(parts.hostname)}:{port}", source, username, password)
-    if password:
-        for secret in {password, quote(password, safe=""), parts.password or ""} - {""}:
-            mask_secret(secret)
+    if username is not None:  # a user name alone is often a token
+        secret = password or username
+        raw = parts.password if password else parts.username
+        for text in {secret, quote(secret, safe=""), raw or ""} - {""}:
+            mask_secret(text)
         mask_secret(proxy.headers["Proxy-Authorization"].removeprefix("Basic "))
     return proxy
 
@@ -94,9 +97,22 @@ def choose_proxy(url: str, configured: Any) -> Proxy | None:
     parts = urlsplit(url)
     proxies = urllib.request.getproxies_environment()  # lower-case names win, as in curl and requests
     value = proxies.get(parts.scheme) or proxies.get("all")
-    if not value or bypasses_proxy(parts.hostname or "", parts.port, proxies.get("no", "")):
+    host = parts.hostname or ""
+    if not value or (parts.scheme == "http" and is_loopback(host)):
+        return None
+    if bypasses_proxy(host, parts.port, proxies.get("no", "")):
         return None
     return parse_proxy(value, _variable_holding(value, parts.scheme))
+
+
+def is_loopback(hostname: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def bypasses_proxy(host: str, port: int | None, no_proxy: str) -> bool:

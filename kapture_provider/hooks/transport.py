@@ -7,8 +7,9 @@ redirects switched off. Measured at zero latency, ``requests`` costs about 0.7 m
 than this for features the hook does not use (sessions, cookies, hooks, header merging).
 
 Through a proxy, an ``https://`` Kapture is reached in a CONNECT tunnel: the proxy sees its host and
-port, never the Authorization header or the body. (A plain ``http://`` Kapture, allowed for loopback
-hosts or with ``allow_insecure_http``, is forwarded in the clear, as curl does.)
+port, never the Authorization header or the body. (A plain ``http://`` Kapture, allowed with
+``allow_insecure_http``, is forwarded in the clear, as curl does; a loopback one takes only a ``proxy``
+extra, never the environment's proxy.)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from urllib3.exceptions import (
 from kapture_provider.exceptions import Cause
 from kapture_provider.hooks.network import Proxy, Trust, bracketed, tls_context
 
+_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
 #: The server refused or required our client certificate (TLS alerts seen by the client).
 _CLIENT_CERTIFICATE_ALERTS = frozenset(
@@ -201,6 +203,14 @@ class Transport:
 
     def _tls_failure(self, err: SSLError, host: str) -> TransportError:
         original = err.args[0] if err.args and isinstance(err.args[0], ssl.SSLError) else None
+        if isinstance(original, ssl.SSLCertVerificationError) and original.verify_code == _HOSTNAME_MISMATCH:
+            return TransportError(
+                f"the TLS certificate of {host} is for another host name ({original.verify_message}): check the "
+                "connection's Host",
+                cause=Cause.TLS,
+                host=host,
+                permanent=True,
+            )
         if isinstance(original, ssl.SSLCertVerificationError):
             inspecting = " (a TLS-inspecting proxy shows its own certificate: trust its CA)" if self.proxy else ""
             return TransportError(

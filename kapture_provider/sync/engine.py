@@ -173,7 +173,7 @@ class OrderSync:
         self._started_at = _utc_now()
         self._done = threading.Event()  # set when the run ends: stops the progress reporter
         self._expected_rows: int | None = None
-        self._rows_seen = 0  # rows fetched, those of other shards included (what expected_rows counts)
+        self._rows_decided = 0  # rows sent, queued or settled, those of other shards included (as expected_rows)
         self._ledger_ready = False
 
     # -- public ----------------------------------------------------------------------------------
@@ -192,6 +192,7 @@ class OrderSync:
         ``expected_rows``, when known, lets progress lines show how far the run is and an ETA.
         """
         self._expected_rows = expected_rows
+        self._started = time.monotonic()  # the timing leaves out what the operator did before (COUNT, say)
         mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
@@ -233,13 +234,15 @@ class OrderSync:
         id_index: int | None,
     ) -> None:
         summary = self.summary
-        self._rows_seen += len(chunk)
+        fetched = len(chunk)
         if self.shard is not None:
             chunk = [row for row in chunk if self._in_shard(_best_effort_order_id(row, id_index))]
+        self._rows_decided += fetched - len(chunk)  # other shards' rows: nothing to do here
         first_row = summary.rows_read + 1
         summary.rows_read += len(chunk)
         for start, piece in self._pieces(chunk, id_index):
             self._sync_piece(mapper, piece, first_row + start, version_index, id_index)
+            self._rows_decided += len(piece)
 
     def _pieces(
         self, chunk: Sequence[Sequence[Any]], id_index: int | None
@@ -444,10 +447,11 @@ class OrderSync:
             )
 
     def _summarise_owed(self) -> None:
-        """What the whole ledger still owes Kapture after this run (all shards: the ledger is shared)."""
+        """What the ledger still owes Kapture after this run: this shard's orders only, when sharded, so that
+        one shard's stuck orders fail that shard alone (the one whose retry can resend them)."""
         if self.ledger is None or not self._ledger_ready:
             return
-        owed = self.ledger.owed_summary()
+        owed = self.ledger.owed_summary(self._in_shard if self.shard is not None else None)
         self.summary.still_owed, self.summary.oldest_owed_since = owed.owed, owed.oldest_failing_since
         self.summary.max_owed_attempts, self.summary.parked_total = owed.max_attempts, owed.parked
 
@@ -457,11 +461,7 @@ class OrderSync:
             self.summary.invalid_rows.append({"row": row_number, "order_id": order_id, "error": reason})
 
     def _in_shard(self, order_id: str | None) -> bool:
-        """Rows without a usable order id go to shard 0, so they are reported exactly once."""
-        if self.shard is None:
-            return True
-        index, count = self.shard
-        return (shard_of(order_id, count) if order_id is not None else 0) == index
+        return in_shard(order_id, self.shard)
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def _prepare_ledger(self) -> None:
@@ -492,11 +492,12 @@ class OrderSync:
             )  # fmt: skip
 
     def _eta(self, elapsed: float) -> str:
-        """`` of N (x%), ETA …`` when the number of rows is known; rows count as done once decided or sent."""
+        """`` of N (x%), ETA …`` when the number of rows is known; a row counts as done once settled (unchanged,
+        stale, invalid, another shard's) or sent and recorded."""
         if not self._expected_rows:
             return ""
         with self._lock:
-            done = self._rows_seen - len(self._outstanding)
+            done = max(self._rows_decided - len(self._outstanding), 0)  # owed retries are outstanding, not rows
         share = min(done / self._expected_rows, 1.0)
         eta = f", ETA {elapsed * (1 - share) / share:.0f} s" if share > 0 else ""
         return f" of {self._expected_rows} ({share:.0%}){eta}"
@@ -507,12 +508,21 @@ def shard_of(order_id: str, count: int) -> int:
     return zlib.crc32(order_id.encode("utf-8")) % count
 
 
+def in_shard(order_id: str | None, shard: tuple[int, int] | None) -> bool:
+    """Whether shard ``(index, count)`` (None: the only one) handles this order; rows without a usable order id
+    go to shard 0, so that they are reported exactly once."""
+    if shard is None:
+        return True
+    index, count = shard
+    return (shard_of(order_id, count) if order_id is not None else 0) == index
+
+
 def _decide(candidate: _Send, entry: LedgerEntry | None) -> str:
     if entry is None:
         return "send"
     if is_older(candidate.version, entry.newest_version):
         return "stale"
-    if entry.status != FAILED and entry.body_hash == candidate.order.body_hash:
+    if entry.status not in (FAILED, PARKED) and entry.body_hash == candidate.order.body_hash:
         return "unchanged"  # what Kapture last received (a later invalid row changed nothing there)
     if entry.status == PARKED and entry.pending_hash == candidate.order.body_hash:
         return "parked"  # refused too often as it is: sent again once its row changes

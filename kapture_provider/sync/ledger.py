@@ -58,7 +58,6 @@ PARKED = "parked"
 #: A ledger table name: a plain identifier, or ``schema.identifier``.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _LOOKUP_BATCH = 500
-_ROWS_PER_STATEMENT = 200
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -211,11 +210,14 @@ COLUMNS = (
     Column("failing_since", "time"),  # the first failed attempt since the last delivery
     Column("refusals", "count"),  # Kapture's refusals in a row since the last delivery
 )
+#: At most 999 values bound per upsert: the limit of SQLite builds before 3.32 (RHEL 8's, say).
+_ROWS_PER_STATEMENT = 999 // len(COLUMNS)
 
-#: How an outcome changes a known order's columns (columns not named keep their value).
-NEW, CLEAR, INCREMENT, KEEP_FIRST = "new", "clear", "increment", "keep first"
+#: How an outcome changes a known order's columns (columns not named keep their value). A delivery without a
+#: version (a full-table diff has no version column) keeps the version known: a later backfill stays checked.
+NEW, CLEAR, INCREMENT, KEEP_FIRST, KEEP_KNOWN = "new", "clear", "increment", "keep first", "keep known"
 _DELIVERED_WRITES = {
-    "status": NEW, "body_hash": NEW, "version": NEW, "pending_body": CLEAR, "pending_hash": CLEAR,
+    "status": NEW, "body_hash": NEW, "version": KEEP_KNOWN, "pending_body": CLEAR, "pending_hash": CLEAR,
     "pending_version": CLEAR, "last_error": CLEAR, "attempts": INCREMENT, "last_attempt_at": NEW,
     "delivered_at": NEW, "failing_since": CLEAR, "refusals": NEW,
 }  # fmt: skip
@@ -304,6 +306,7 @@ class LedgerDialect:
             CLEAR: "NULL",
             INCREMENT: f"{self._ALIAS}.{name} + 1",
             KEEP_FIRST: f"COALESCE({self._ALIAS}.{name}, excluded.{name})",
+            KEEP_KNOWN: f"COALESCE(excluded.{name}, {self._ALIAS}.{name})",
         }[how]
 
     def connect(self, hook: DbApiHook) -> Any:
@@ -402,6 +405,7 @@ class MySqlLedger(LedgerDialect):
             CLEAR: "NULL",
             INCREMENT: f"{name} + 1",
             KEEP_FIRST: f"COALESCE({name}, VALUES({name}))",
+            KEEP_KNOWN: f"COALESCE(VALUES({name}), {name})",
         }[how]
 
     def connect(self, hook: DbApiHook) -> Any:
@@ -665,20 +669,27 @@ class Ledger:
         return rows
 
     @_serialized
-    def owed_summary(self) -> OwedSummary:
-        """How many orders are owed (retried by every run) and parked, the oldest failure and most attempts."""
+    def owed_summary(self, in_scope: Callable[[str], bool] | None = None) -> OwedSummary:
+        """How many orders are owed (retried by every run) and parked, the oldest failure and most attempts;
+        with ``in_scope``, of the orders it accepts only (a shard's own: the hash is worked out here)."""
         p = self.dialect.placeholder
         with closing(self.conn.cursor()) as cur:
             cur.execute(
-                f"SELECT status, COUNT(*), MIN(failing_since), MAX(attempts) FROM {self.table} "
-                f"WHERE status IN ({p}, {p}) GROUP BY status",
+                f"SELECT order_id, status, failing_since, attempts FROM {self.table} WHERE status IN ({p}, {p})",
                 (FAILED, PARKED),
             )
-            found = {self.dialect.text(row[0]): row[1:] for row in cur.fetchall()}
+            found = cur.fetchall()
+        text = self.dialect.text
+        rows = [(text(r[1]), r[2], int(r[3] or 0)) for r in found if in_scope is None or in_scope(text(r[0]))]
         if not self.dialect.autocommit:
             self.conn.commit()
-        owed, oldest, attempts = found.get(FAILED, (0, None, 0))
-        return OwedSummary(int(owed), oldest, int(attempts or 0), int(found.get(PARKED, (0,))[0]))
+        owed = [(since, attempts) for status, since, attempts in rows if status == FAILED]
+        return OwedSummary(
+            owed=len(owed),
+            oldest_failing_since=min((since for since, _ in owed if since), default=None),
+            max_attempts=max((attempts for _, attempts in owed), default=0),
+            parked=len(rows) - len(owed),
+        )
 
     @_serialized
     def owed_orders(self, limit: int = 100) -> list[OwedOrder]:

@@ -25,7 +25,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 from kapture_provider.payload import InvalidOrder, render_order_id
 from kapture_provider.sync.dialect import MYSQL, engine_of, quote_identifier
-from kapture_provider.sync.engine import shard_of
+from kapture_provider.sync.engine import in_shard
 
 KEY_COLUMN, ROWS_COLUMN = "_kapture_key", "_kapture_rows"
 _NOTHING = object()
@@ -49,7 +49,7 @@ def newest_per_order(hook: DbApiHook, sql: str, id_column: str, version_column: 
         f"SELECT * FROM (SELECT kapture_src.*, "
         f"ROW_NUMBER() OVER ({window} ORDER BY CASE WHEN {version} IS NULL THEN 1 ELSE 0 END, {version} DESC) "
         f"AS _kapture_rank, COUNT(*) OVER ({window}) AS {ROWS_COLUMN}, {key} AS {KEY_COLUMN} "
-        f"FROM ({sql}) kapture_src) kapture_ranked WHERE _kapture_rank = 1 ORDER BY {KEY_COLUMN}"
+        f"FROM ({sql}\n) kapture_src) kapture_ranked WHERE _kapture_rank = 1 ORDER BY {KEY_COLUMN}"
     )
 
 
@@ -96,7 +96,7 @@ class NewestRowCheck:
                 order_id: str | None = render_order_id(raw)
             except InvalidOrder:
                 order_id = None  # reported with its row by the sync
-            if self._mine(order_id):
+            if in_shard(order_id, self._shard):
                 folded += int(row[self._rows]) - 1
             if order_id is None:
                 continue
@@ -104,13 +104,6 @@ class NewestRowCheck:
                 raise self._twice(seen[order_id], raw)
             seen[order_id] = raw
         self.folded += folded
-
-    def _mine(self, order_id: str | None) -> bool:
-        """Whether the sync handles this order (a row without a usable id belongs to shard 0)."""
-        if self._shard is None:
-            return True
-        index, count = self._shard
-        return (shard_of(order_id, count) if order_id is not None else 0) == index
 
     def _twice(self, first: Any, second: Any) -> SourceInconsistency:
         return SourceInconsistency(

@@ -8,7 +8,7 @@ spelling (PEP 249 ``paramstyle``), and how to read a large result without holdin
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, suppress
 from typing import Any, TypeVar
 
@@ -93,16 +93,21 @@ def describe(hook: DbApiHook, sql: str, parameters: Parameters) -> list[str]:
         cur.fetchall()  # an unbuffered MySQL cursor must be read to the end before it closes
         return names
 
-    return _around(hook, f"SELECT * FROM ({sql}) kapture_src WHERE 1 = 0", parameters, columns)
+    return _around(hook, f"SELECT * FROM ({sql}\n) kapture_src WHERE 1 = 0", parameters, columns)
 
 
 def count_rows(hook: DbApiHook, sql: str, parameters: Parameters) -> int:
     """How many rows a query returns (one ``COUNT(*)`` over it), for progress lines with an ETA."""
-    return _around(hook, f"SELECT COUNT(*) FROM ({sql}) kapture_count", parameters, lambda cur: int(cur.fetchone()[0]))
+    return _around(
+        hook, f"SELECT COUNT(*) FROM ({sql}\n) kapture_count", parameters, lambda cur: int(cur.fetchone()[0])
+    )
 
 
 def _around(hook: DbApiHook, query: str, parameters: Parameters, read: Callable[[Any], _T]) -> _T:
-    """Run a query wrapped around the user's on a connection of its own, and ``read`` its result."""
+    """Run a query wrapped around the user's on a connection of its own, and ``read`` its result.
+
+    The user's query ends its own line inside the wrapper, so that a trailing ``-- comment`` stays a comment.
+    """
     conn = hook.get_conn()
     try:
         with closing(conn.cursor()) as cur:
@@ -158,14 +163,37 @@ def streaming_cursor(conn: Any, chunk_size: int) -> Any:
     return conn.cursor()
 
 
-def stream_rows(
-    hook: DbApiHook, sql: str, parameters: Parameters, chunk_size: int
-) -> tuple[list[str], Generator[list[tuple[Any, ...]], None, None]]:
-    """Run ``sql`` and return its column names and an iterator of row chunks.
+class RowStream:
+    """The row chunks of a running query; reading to the end or :meth:`close` closes its cursor and connection."""
+
+    def __init__(self, conn: Any, cur: Any, first: Sequence[Any], chunk_size: int):
+        self._conn, self._cur, self._first, self._chunk_size = conn, cur, first, chunk_size
+
+    def __iter__(self) -> Iterator[list[tuple[Any, ...]]]:
+        try:
+            rows = self._first
+            while rows:
+                yield [tuple(r) for r in rows]
+                rows = self._cur.fetchmany(self._chunk_size)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the cursor and the connection (again: nothing happens); safe before the first chunk too."""
+        if self._conn is None:
+            return
+        with suppress(Exception):
+            self._cur.close()
+        with suppress(Exception):
+            self._conn.close()
+        self._conn = None
+
+
+def stream_rows(hook: DbApiHook, sql: str, parameters: Parameters, chunk_size: int) -> tuple[list[str], RowStream]:
+    """Run ``sql`` and return its column names and its rows, chunk by chunk.
 
     Memory stays flat however many rows come back (see :func:`streaming_cursor`). The first chunk is
-    fetched before the column names are read: psycopg2's named cursor describes its result only
-    then. The connection closes when the generator is exhausted or closed.
+    fetched before the column names are read: psycopg2's named cursor describes its result only then.
     """
     conn = hook.get_conn()
     try:
@@ -180,17 +208,4 @@ def stream_rows(
         with suppress(Exception):
             conn.close()
         raise
-
-    def chunks() -> Generator[list[tuple[Any, ...]], None, None]:
-        try:
-            rows = first
-            while rows:
-                yield [tuple(r) for r in rows]
-                rows = cur.fetchmany(chunk_size)
-        finally:
-            with suppress(Exception):
-                cur.close()
-            with suppress(Exception):
-                conn.close()
-
-    return columns, chunks()
+    return columns, RowStream(conn, cur, first, chunk_size)

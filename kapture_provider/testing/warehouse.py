@@ -185,7 +185,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 seed=args.seed, invalid=args.invalid))  # fmt: skip
     with closing(connect_url(args.url or f"sqlite:///{args.db}")) as conn:
         insert_orders(conn, rows)
-    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {args.url or args.db}, {args.hours} h from {start}")
+    target = _without_password(args.url) if args.url else args.db
+    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {target}, {args.hours} h from {start}")
+
+
+def _without_password(url: str) -> str:
+    """The URL as safe to print: ``user:***@host``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             sql, id_column = self._query(source, parameters)
-            expected = count_rows(source, sql, parameters) if self.count_rows else None
+            expected = self._expected_rows(source, sql, parameters)
             columns, chunks = stream_rows(source, sql, parameters, self.chunk_size)
             if id_column:
                 quoted, shard = quote_identifier(source, id_column), (self.shard_index, self.shard_count)
@@ -198,10 +198,20 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             summary.rows_read += check.folded
             summary.duplicates += check.folded
         result = self._report(context, summary, window)
-        if window is not None and not self.is_dry_run:
+        if window is not None and window.continues_the_schedule and not self.is_dry_run:
             ti = context["ti"]
             run_log.record(ti.dag_id, ti.task_id, self.shard_index, ti.run_id, window.start, window.end)
         return result
+
+    def _expected_rows(self, source: DbApiHook, sql: str, parameters: Parameters) -> int | None:
+        """The query's row count for the progress lines' ETA, or None: a failed count only costs the ETA."""
+        if not self.count_rows:
+            return None
+        try:
+            return count_rows(source, sql, parameters)
+        except Exception as err:
+            self.log.warning("Counting the query's rows failed, progress lines show no ETA: %s", err)
+            return None
 
     def _ledger(self, source: DbApiHook) -> Ledger:
         """The change ledger; a database that cannot hold it fails the task before anything is read or sent."""

@@ -7,6 +7,9 @@ Where it comes from, first match wins:
 3. a run without a logical date (Airflow 3 allows it): from the end of the last window this task synced
    successfully (kept in the ledger's database) until the run was triggered; on its first run, from
    the DAG's ``start_date``.
+
+A window from params is a one-off: it does not move where the next run without a logical date starts (a
+manual run of 10:00–11:00 after a sync that ended at 08:00 must not make 08:00–10:00 look synced).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import pendulum
 #: How window bounds are bound as query parameters: UTC text, which SQLite stores and other engines cast.
 BOUND_FORMAT = "%Y-%m-%d %H:%M:%S"
 START_PARAM, END_PARAM = "window_start", "window_end"
+FROM_PARAMS = "the run's window params"
 
 
 class WindowError(ValueError):
@@ -46,6 +50,11 @@ class SyncWindow:
     def describe(self) -> str:
         return f"[{self.start_text}, {self.end_text}) UTC ({self.source})"
 
+    @property
+    def continues_the_schedule(self) -> bool:
+        """Whether a run without a logical date may carry on from this window's end (not a manual window)."""
+        return self.source != FROM_PARAMS
+
     def as_dict(self) -> dict[str, str]:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "source": self.source}
 
@@ -58,7 +67,7 @@ def resolve_window(context: Mapping[str, Any], last_synced_until: Callable[[], d
         if not (start and end):
             missing = END_PARAM if start else START_PARAM
             raise WindowError(f"param {missing!r} is not set: give both {START_PARAM} and {END_PARAM}, or neither")
-        return _checked(_parse(start, START_PARAM), _parse(end, END_PARAM), "the run's window params")
+        return _checked(_parse(start, START_PARAM), _parse(end, END_PARAM), FROM_PARAMS)
     interval_start, interval_end = context.get("data_interval_start"), context.get("data_interval_end")
     if interval_start is not None and interval_end is not None:
         if interval_start == interval_end:

@@ -38,6 +38,8 @@ class Pki:
     client_ca: Path  # the CA that issued the client certificate
     client_cert: Path
     client_key: Path
+    misnamed_cert: Path  # issued by ``ca`` for kapture.example only, with its key in misnamed_key
+    misnamed_key: Path
 
 
 def make_pki(directory: Path) -> Pki:
@@ -54,12 +56,17 @@ def make_pki(directory: Path) -> Pki:
         [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
     )
     client_key, client_cert = _leaf("sync-robot", client_ca_key, client_ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    misnamed_key, misnamed_cert = _leaf(
+        "kapture.example", ca_key, ca_cert, ExtendedKeyUsageOID.SERVER_AUTH, [x509.DNSName("kapture.example")]
+    )
     pki = Pki(*(directory / name for name in ("ca.pem", "wrong-ca.pem", "server.pem", "server.key",
-                                              "client-ca.pem", "client.pem", "client.key")))  # fmt: skip
+                                              "client-ca.pem", "client.pem", "client.key",
+                                              "misnamed.pem", "misnamed.key")))  # fmt: skip
     for path, cert in ((pki.ca, ca_cert), (pki.wrong_ca, wrong_cert), (pki.server_cert, server_cert),
-                       (pki.client_ca, client_ca_cert), (pki.client_cert, client_cert)):  # fmt: skip
+                       (pki.client_ca, client_ca_cert), (pki.client_cert, client_cert),
+                       (pki.misnamed_cert, misnamed_cert)):  # fmt: skip
         path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    for path, key in ((pki.server_key, server_key), (pki.client_key, client_key)):
+    for path, key in ((pki.server_key, server_key), (pki.client_key, client_key), (pki.misnamed_key, misnamed_key)):
         path.write_bytes(
             key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

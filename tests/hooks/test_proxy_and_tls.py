@@ -162,11 +162,9 @@ def test_plain_http_through_the_proxy_is_forwarded_in_the_clear(
     relay: RecordingRelay,
     proxy: TinyProxy,
     make_hook: Callable[..., KaptureHook],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The control for the tunnel tests: without TLS the relay does see the header and the body."""
-    monkeypatch.setenv("HTTP_PROXY", relay.url)
-    hook = make_hook(kapture_emulator)
+    hook = make_hook(kapture_emulator, proxy=relay.url)  # an explicit proxy: the environment's is not taken
 
     assert hook.update_order(ORDER)["status"] == "success"
 
@@ -176,6 +174,23 @@ def test_plain_http_through_the_proxy_is_forwarded_in_the_clear(
     assert b"\r\nAuthorization: Basic " + kapture_secrets(kapture_emulator)[0] + b"\r\n" in sent
     assert CANARY.encode() in sent and CUSTOMER.encode() in sent
     assert f"POST http://127.0.0.1:{kapture_emulator.port}" in proxy.log_text()
+
+
+def test_plain_http_to_loopback_never_takes_the_environments_proxy(
+    kapture_emulator: KaptureEmulator,
+    relay: RecordingRelay,
+    make_hook: Callable[..., KaptureHook],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker with http_proxy set runs the emulator: the proxy would get the credentials in clear."""
+    monkeypatch.setenv("HTTP_PROXY", relay.url)
+    monkeypatch.setenv("ALL_PROXY", relay.url)
+    hook = make_hook(kapture_emulator)
+
+    assert hook.update_order(ORDER)["status"] == "success"
+
+    assert_delivered(kapture_emulator)
+    assert relay.connections == 0 and relay.sent == b""
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "127.0.0.0/8", "localhost, 127.0.0.1:{port}", "*"])
@@ -394,6 +409,19 @@ def test_certifi_alone_does_not_trust_a_private_ca(
     assert not ok
     assert message.startswith(f"the TLS certificate of 127.0.0.1:{tls_emulator.port} is not trusted")
     assert "set the connection extra ca_bundle" in message and message.count("not trusted") == 1
+
+
+def test_a_certificate_for_another_host_name_says_so(make_hook: Callable[..., KaptureHook], pki: Pki) -> None:
+    """Trusted, but issued for kapture.example: the Host is what to check, not the CA bundle."""
+    with KaptureEmulator(tls_cert=pki.misnamed_cert, tls_key=pki.misnamed_key) as emulator:
+        hook = make_hook(emulator, ca_bundle=str(pki.ca))
+
+        ok, message = hook.test_connection()
+
+        assert emulator.requests == []
+    assert not ok
+    assert message.startswith(f"the TLS certificate of 127.0.0.1:{emulator.port} is for another host name")
+    assert "check the connection's Host" in message and "ca_bundle" not in message
 
 
 def test_unreadable_ca_bundle_is_a_settings_error(

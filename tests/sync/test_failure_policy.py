@@ -80,6 +80,26 @@ def test_a_row_of_a_parked_order_that_did_not_change_is_not_sent_again(
     assert (again.xcom(TASK_ID)["parked_unchanged"], again.xcom(TASK_ID)["requests"]) == (1, 0)
 
 
+def test_a_parked_order_whose_row_goes_back_to_what_kapture_holds_is_sent_once_and_unparked(
+    sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag
+) -> None:
+    dag = sync_dag(example_dag, park_after_refusals=1, failure_floor=1)
+    sqlite_warehouse.insert_orders([order_row(STUCK, at(1))])
+    assert run_dag(dag, DAY + 2 * HOUR).xcom(TASK_ID)["succeeded"] == 1
+    kapture_conn.script_for_order(STUCK, Fault.FAILED_BODY)
+    sqlite_warehouse.insert_orders([order_row(STUCK, at(2), name="Meera Iyer-Rao")])
+    assert run_dag(dag, DAY + 3 * HOUR).xcom(TASK_ID)["parked"] == 1
+
+    sqlite_warehouse.insert_orders([order_row(STUCK, at(3))])  # the change is undone: the delivered body again
+    reverted = run_dag(dag, DAY + 4 * HOUR)
+
+    assert reverted.state == "success"
+    assert (reverted.xcom(TASK_ID)["succeeded"], reverted.xcom(TASK_ID)["parked_total"]) == (1, 0)
+    assert requests_for(kapture_conn) == Counter({STUCK: 3})
+    entry = sqlite_warehouse.ledger()[STUCK]
+    assert (entry["status"], entry["refusals"], entry["pending_body"]) == ("delivered", 0, None)
+
+
 def test_the_failure_floor_lets_one_refused_order_of_one_pass(
     sqlite_warehouse, kapture_conn: KaptureEmulator, example_dag, run_dag
 ) -> None:

@@ -126,6 +126,18 @@ def test_failing_since_is_the_first_failure_since_the_last_delivery(any_warehous
     ledger.close()
 
 
+def test_a_delivery_without_a_version_keeps_the_version_known(any_warehouse: Any) -> None:
+    """The full-table diff (no version column) next to the hourly sync: backfills stay checked against n:3."""
+    ledger = warehouse_ledger()
+    ledger.create()
+    ledger.record([Outcome("A-1", DELIVERED, "h1", "n:3"), Outcome("B-2", DELIVERED, "h1", "n:3")], NOW)
+    ledger.record([Outcome("A-1", DELIVERED, "h2", None), Outcome("B-2", DELIVERED, "h2", "n:4")], LATER)
+    entries = ledger.lookup(["A-1", "B-2"])
+    ledger.close()
+
+    assert {k: (e.body_hash, e.version) for k, e in entries.items()} == {"A-1": ("h2", "n:3"), "B-2": ("h2", "n:4")}
+
+
 def test_a_ledger_created_by_version_0_1_0_is_brought_up_to_date(any_warehouse: Any) -> None:
     for statement in V010_DDL:
         any_warehouse.execute(statement.format(table="kapture_order_sync_ledger"))

@@ -34,9 +34,11 @@ def test_owed_and_parked_orders_failing_longest_first(any_warehouse: Any) -> Non
     book.record([refused("B", 2), refused("A", 1), refused("E", 3, PARKED)], T3)
 
     summary, orders = book.owed_summary(), book.owed_orders(limit=3)
+    one_shard = book.owed_summary(in_scope=lambda order_id: order_id in ("C", "D", "E", "F"))
     book.close()
 
     assert summary == OwedSummary(owed=3, oldest_failing_since=T1, max_attempts=2, parked=1)  # A, B, C; E
+    assert one_shard == OwedSummary(owed=1, oldest_failing_since=T2, max_attempts=1, parked=1)  # C; E
     assert [(o.order_id, o.status, o.attempts, o.refusals, o.failing_since, o.last_attempt_at) for o in orders] == [
         ("B", FAILED, 2, 2, T1, T3),  # failing since its first refusal, not since its last
         ("C", FAILED, 1, 1, T2, T2),

@@ -20,7 +20,6 @@ from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, DAG
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
-from kapture_provider.testing.warehouse import TIMESTAMP_FORMAT
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 TASK_ID = "sync_changed_orders"
@@ -141,6 +140,31 @@ def test_run_without_logical_date_carries_on_from_the_last_successful_sync(
 
 
 @runs_without_logical_date
+def test_a_manual_window_does_not_move_where_a_run_without_logical_date_starts(
+    warehouse, kapture_conn, example_dag, run_dag
+) -> None:
+    """Scheduled [01:00, 02:00), then a manual window [04:00, 05:00): 02:00–04:00 is still to sync."""
+    assert run_dag(example_dag, DAY + 2 * HOUR).state == "success"
+    warehouse.insert_orders(
+        [
+            order_row("00000003", DAY + 3 * HOUR),  # in the gap between the two windows
+            order_row("00000004", DAY + 4 * HOUR + dt.timedelta(minutes=30)),  # in the manual window
+        ]
+    )
+    manual = run_dag(
+        example_dag, DAY + 3 * HOUR, conf={"window_start": "2026-11-26T04:00:00Z", "window_end": "2026-11-26T05:00:00Z"}
+    )
+    assert manual.state == "success", manual.task_states
+    assert sent_ids(kapture_conn) == Counter({"00000004": 1})
+
+    after = run_dag(example_dag)  # no logical date
+
+    assert after.state == "success", after.task_states
+    assert after.xcom(TASK_ID)["window"]["start"] == "2026-11-26T02:00:00+00:00"
+    assert sent_ids(kapture_conn) == Counter({"00000003": 1, "00000004": 1})  # 00000004 unchanged: not resent
+
+
+@runs_without_logical_date
 def test_first_run_without_logical_date_starts_at_the_dag_start_date(
     sqlite_warehouse, kapture_conn, example_dag, run_dag
 ) -> None:
@@ -236,4 +260,3 @@ def test_window_bounds_are_bound_as_utc_text(sqlite_warehouse, kapture_conn, exa
 
     assert outcome.state == "success", outcome.task_states
     assert sent_ids(kapture_conn) == Counter({"00000002": 1})
-    assert (DAY + 2 * HOUR).strftime(TIMESTAMP_FORMAT) == "2026-11-26 02:00:00"

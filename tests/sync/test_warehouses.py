@@ -81,7 +81,7 @@ def sent(emulator: KaptureEmulator) -> list[str]:
 CHANGES_SQL = """
 SELECT order_id, customer_name, invoice_no, total_amount AS "order_info.associate_fields.total_amount", _version
 FROM order_changes
-WHERE updated_at >= {start} AND updated_at < {end} AND invoice_no LIKE 'INV-{percent}'
+WHERE updated_at >= {start} AND updated_at < {end} AND invoice_no LIKE 'INV-{percent}'  -- a trailing comment
 """
 
 
