@@ -3,7 +3,7 @@
 Every night the whole ``erp_orders`` table is read (no time filter) and compared, order by order, with
 the change ledger: only the orders whose Kapture body differs from what Kapture last received are sent
 (new orders, changed fields, and orders refused before). An unchanged table sends nothing. Reading,
-mapping and comparing 1,000,000 orders took 27 s (median) on a shared 2-core machine, memory flat (README).
+mapping and comparing 1,000,000 orders took 27–34 s (medians) on a shared 2-core machine, memory flat (README).
 
 Connections: ``erp_warehouse`` (SQLite by default; PostgreSQL, MySQL/MariaDB and DuckDB work unchanged)
 and ``kapture_default``. The DAG can live next to the hourly Airflow DAG ``kapture_erp_order_sync``: both

@@ -37,7 +37,7 @@ from urllib3.exceptions import (
 from kapture_provider.exceptions import Cause
 from kapture_provider.hooks.network import Proxy, Trust, bracketed, tls_context
 
-_HOSTNAME_MISMATCH = 62  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH
+_NAME_MISMATCHES = frozenset({62, 64})  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and _IP_ADDRESS_MISMATCH
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
 #: The server refused or required our client certificate (TLS alerts seen by the client).
 _CLIENT_CERTIFICATE_ALERTS = frozenset(
@@ -203,7 +203,7 @@ class Transport:
 
     def _tls_failure(self, err: SSLError, host: str) -> TransportError:
         original = err.args[0] if err.args and isinstance(err.args[0], ssl.SSLError) else None
-        if isinstance(original, ssl.SSLCertVerificationError) and original.verify_code == _HOSTNAME_MISMATCH:
+        if isinstance(original, ssl.SSLCertVerificationError) and original.verify_code in _NAME_MISMATCHES:
             return TransportError(
                 f"the TLS certificate of {host} is for another host name ({original.verify_message}): check the "
                 "connection's Host",

@@ -185,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 seed=args.seed, invalid=args.invalid))  # fmt: skip
     with closing(connect_url(args.url or f"sqlite:///{args.db}")) as conn:
         insert_orders(conn, rows)
-    target = _without_password(args.url) if args.url else args.db
-    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {target}, {args.hours} h from {start}")
+    seeded = _without_password(args.url) if args.url else args.db
+    print(f"seeded {len(rows)} orders ({args.invalid} invalid) into {seeded}, {args.hours} h from {start}")
 
 
 def _without_password(url: str) -> str:

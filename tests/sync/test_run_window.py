@@ -157,7 +157,8 @@ def test_a_manual_window_does_not_move_where_a_run_without_logical_date_starts(
     assert manual.state == "success", manual.task_states
     assert sent_ids(kapture_conn) == Counter({"00000004": 1})
 
-    after = run_dag(example_dag)  # no logical date
+    # no logical date; the params unset explicitly: in-process dag.test() leaves the last conf on the DAG
+    after = run_dag(example_dag, conf={"window_start": None, "window_end": None})
 
     assert after.state == "success", after.task_states
     assert after.xcom(TASK_ID)["window"]["start"] == "2026-11-26T02:00:00+00:00"
