@@ -203,24 +203,20 @@ class Transport:
 
     def _tls_failure(self, err: SSLError, host: str) -> TransportError:
         original = err.args[0] if err.args and isinstance(err.args[0], ssl.SSLError) else None
-        if isinstance(original, ssl.SSLCertVerificationError) and original.verify_code in _NAME_MISMATCHES:
-            return TransportError(
-                f"the TLS certificate of {host} is for another host name ({original.verify_message}): check the "
-                "connection's Host",
-                cause=Cause.TLS,
-                host=host,
-                permanent=True,
-            )
         if isinstance(original, ssl.SSLCertVerificationError):
-            inspecting = " (a TLS-inspecting proxy shows its own certificate: trust its CA)" if self.proxy else ""
-            return TransportError(
-                f"the TLS certificate of {host} is not trusted ({original.verify_message}; checked against "
-                f"{self.trust.describe()}): set the connection extra ca_bundle (or REQUESTS_CA_BUNDLE or "
-                f"SSL_CERT_FILE) to the PEM file of the CA that issued it{inspecting}",
-                cause=Cause.TLS,
-                host=host,
-                permanent=True,
-            )
+            if original.verify_code in _NAME_MISMATCHES:
+                message = (
+                    f"the TLS certificate of {host} is for another host name ({original.verify_message}): "
+                    "check the connection's Host"
+                )
+            else:
+                inspecting = " (a TLS-inspecting proxy shows its own certificate: trust its CA)" if self.proxy else ""
+                message = (
+                    f"the TLS certificate of {host} is not trusted ({original.verify_message}; checked against "
+                    f"{self.trust.describe()}): set the connection extra ca_bundle (or REQUESTS_CA_BUNDLE or "
+                    f"SSL_CERT_FILE) to the PEM file of the CA that issued it{inspecting}"
+                )
+            return TransportError(message, cause=Cause.TLS, host=host, permanent=True)
         reason = (original.reason if original is not None else None) or ""
         if reason in _CLIENT_CERTIFICATE_ALERTS:
             mine = f"client certificate {self.trust.client_cert}" if self.trust.client_cert else "no client certificate"

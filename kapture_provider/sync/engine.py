@@ -169,7 +169,7 @@ class OrderSync:
         self._outstanding: set[str] = set()  # queued or being sent: not recorded yet
         self._stopping = False  # the sending threads take no new requests (the run failed)
         self._failure: BaseException | None = None  # what stopped a sending thread, raised by the main thread
-        self._started = time.monotonic()
+        self._started = 0.0  # monotonic, set when run() starts
         self._started_at = _utc_now()
         self._done = threading.Event()  # set when the run ends: stops the progress reporter
         self._expected_rows: int | None = None
