@@ -721,6 +721,48 @@ def test_idle_connection_closed_by_the_server_is_not_reused(kapture_emulator: Ka
     assert len(set(handler.connections)) == 3  # each order on a fresh connection, none lost to a dead one
 
 
+class _FramingHandler(_ClosingHandler):
+    """Answers with success framed as ``style`` says: chunked (keep-alive) or ``Connection: close``."""
+
+    style = "chunked"
+
+    def do_POST(self) -> None:
+        self.connections.append(self.client_address[1])
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if self.style == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(self.answer) // 2
+            for piece in (self.answer[:half], self.answer[half:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        else:
+            self.send_header("Connection", "close")
+            self.send_header("Content-Length", str(len(self.answer)))
+            self.end_headers()
+            self.wfile.write(self.answer)
+            self.close_connection = True
+
+
+@pytest.mark.parametrize(("style", "connections"), [("chunked", 1), ("close", 3)])
+def test_answers_chunked_or_closing_are_read_and_the_connection_reused_only_when_kept(
+    make_hook, style: str, connections: int
+) -> None:
+    handler = type("Handler", (_FramingHandler,), {"connections": [], "style": style})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        hook = make_hook(host=f"http://127.0.0.1:{server.server_port}", max_retries=0)
+        answers = [hook.update_order(SAMPLE_ORDER) for _ in range(3)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [answer["status"] for answer in answers] == ["success"] * 3
+    assert hook.requests_sent == 3
+    assert len(set(handler.connections)) == connections
+
+
 def test_invalid_order_is_not_sent(kapture_emulator: KaptureEmulator, make_hook) -> None:
     from kapture_provider.payload import InvalidOrder
 

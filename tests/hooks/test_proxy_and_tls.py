@@ -347,6 +347,22 @@ def test_proxy_credentials_open_the_tunnel_and_stay_masked(
     assert proxy_token.decode() not in redact(f"Proxy-Authorization: Basic {proxy_token.decode()}")
 
 
+def test_plain_http_forwarded_through_a_proxy_that_wants_credentials(
+    kapture_emulator: KaptureEmulator,
+    authenticating_proxy: TinyProxy,
+    make_hook: Callable[..., KaptureHook],
+) -> None:
+    """No tunnel, so the proxy's credentials go with each forwarded request."""
+    hook = make_hook(
+        kapture_emulator, proxy=f"http://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:{authenticating_proxy.port}"
+    )
+
+    assert hook.update_order(ORDER)["status"] == "success"
+
+    assert_delivered(kapture_emulator)
+    assert f"POST http://127.0.0.1:{kapture_emulator.port}" in authenticating_proxy.log_text()
+
+
 def test_proxy_refusing_the_credentials_fails_at_once_without_them_in_the_text(
     tls_emulator: KaptureEmulator,
     authenticating_proxy: TinyProxy,
