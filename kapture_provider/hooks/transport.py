@@ -139,7 +139,12 @@ class Transport:
         fields = {"Host": self.host, **headers}
         if any(_FORBIDDEN_IN_HEADER.search(f"{name}{value}") for name, value in fields.items()):
             raise ValueError("a request header would contain a line break or a control character")
-        self._head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        try:
+            self._head = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"the host name {parts.hostname!r} is not ASCII: write an international name in its xn-- form"
+            ) from None
 
     def post(self, path: str, body: bytes) -> Answer:
         """POST ``body`` to ``path`` and read the whole answer; raises :class:`TransportError`."""
@@ -175,8 +180,8 @@ class Transport:
     def _exchange(self, connection: HTTPConnection, path: str, body: bytes) -> Answer:
         """Send the request in one write and read the answer, leaving ``connection`` ready for the next."""
         assert connection.sock is not None
-        head = f"POST {self._prefix}{path} HTTP/1.1\r\n{self._head}"
-        connection.sock.sendall(b"%sContent-Length: %d\r\n\r\n%s" % (head.encode("latin-1"), len(body), body))
+        request_line = f"POST {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
+        connection.sock.sendall(b"%s%sContent-Length: %d\r\n\r\n%s" % (request_line, self._head, len(body), body))
         answer = read_answer(connection.sock)
         if answer.will_close:
             connection.close()
