@@ -126,10 +126,9 @@ class Transport:
         if proxy is None:
             self._manager = urllib3.PoolManager(num_pools=1, **options)
         else:
-            manager = urllib3.ProxyManager(
+            self._manager = urllib3.ProxyManager(
                 proxy.url, num_pools=1, proxy_headers=proxy.headers, proxy_ssl_context=tls, **options
             )
-            self._manager = manager
             if parts.scheme == "http":  # forwarded, not tunnelled: the request line carries the whole URL
                 self._prefix = f"http://{self.host}{self._prefix}"
                 headers = {**headers, **proxy.headers}  # the proxy reads them; a tunnel sends them in CONNECT
@@ -200,13 +199,17 @@ class Transport:
     def _failure(self, err: BaseException, connection: HTTPConnection | None, connecting: bool) -> TransportError:
         """Name what failed: opening the connection (``connecting``) or the exchange on it."""
         proxy = self.proxy
-        if proxy is not None and connecting:
-            if connection is None or not connection.has_connected_to_proxy:
-                return self._proxy_failure(err)  # no connection to the proxy
-            if isinstance(err, OSError) and _TUNNEL_REFUSED.search(str(err)):
-                return self._proxy_failure(err)  # the proxy answered the CONNECT with an error
-            if isinstance(err, TimeoutError):
-                return self._proxy_failure(err)  # the proxy did not answer the CONNECT
+        if (
+            proxy is not None
+            and connecting
+            and (
+                connection is None
+                or not connection.has_connected_to_proxy  # no connection to the proxy
+                or isinstance(err, TimeoutError)  # the proxy did not answer the CONNECT
+                or (isinstance(err, OSError) and _TUNNEL_REFUSED.search(str(err)) is not None)  # it refused
+            )
+        ):
+            return self._proxy_failure(err)
         host, via = self.address, f" ({self.describe_route()})" if proxy else ""
         name = f"the host name {_name(host)} (the connection's Host)"
         named = _connection_failure(err, host, name, host, self._timeouts[0])

@@ -685,21 +685,35 @@ def test_json_without_status_is_response_error(
 
 
 class _ClosingHandler(BaseHTTPRequestHandler):
-    """Answers with success and keep-alive, then closes the connection anyway (as an idle timeout would)."""
+    """Answers with success, framed as ``style`` says:
+
+    ``silent-close``: keep-alive announced, then the connection closed anyway (as an idle timeout would);
+    ``chunked``: a chunked body, the connection kept; ``close``: ``Connection: close``, then closed.
+    """
 
     protocol_version = "HTTP/1.1"
     answer = b'{"status": "success", "message": "Order Updated successfully !"}'
     connections: list[int] = []
+    style = "silent-close"
 
     def do_POST(self) -> None:
         self.connections.append(self.client_address[1])  # the client's port: one per connection
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.style == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            half = len(self.answer) // 2
+            for piece in (self.answer[:half], self.answer[half:], b""):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            return
+        if self.style == "close":
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(self.answer)))
         self.end_headers()
         self.wfile.write(self.answer)
-        self.close_connection = True  # no "Connection: close" header: the client finds out later
+        self.close_connection = True  # silent-close: no "Connection: close" header, the client finds out later
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -721,35 +735,11 @@ def test_idle_connection_closed_by_the_server_is_not_reused(kapture_emulator: Ka
     assert len(set(handler.connections)) == 3  # each order on a fresh connection, none lost to a dead one
 
 
-class _FramingHandler(_ClosingHandler):
-    """Answers with success framed as ``style`` says: chunked (keep-alive) or ``Connection: close``."""
-
-    style = "chunked"
-
-    def do_POST(self) -> None:
-        self.connections.append(self.client_address[1])
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        if self.style == "chunked":
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            half = len(self.answer) // 2
-            for piece in (self.answer[:half], self.answer[half:], b""):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-        else:
-            self.send_header("Connection", "close")
-            self.send_header("Content-Length", str(len(self.answer)))
-            self.end_headers()
-            self.wfile.write(self.answer)
-            self.close_connection = True
-
-
 @pytest.mark.parametrize(("style", "connections"), [("chunked", 1), ("close", 3)])
 def test_answers_chunked_or_closing_are_read_and_the_connection_reused_only_when_kept(
     make_hook, style: str, connections: int
 ) -> None:
-    handler = type("Handler", (_FramingHandler,), {"connections": [], "style": style})
+    handler = type("Handler", (_ClosingHandler,), {"connections": [], "style": style})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
