@@ -194,11 +194,32 @@ def _escaped(key: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in key)
 
 
+class _HasDecimal(Exception):
+    """Raised inside the C encoder when it meets a ``Decimal``, which it cannot write exactly."""
+
+
+def _no_decimal(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        raise _HasDecimal
+    raise TypeError(f"cannot encode {type(value).__name__}")  # render_value admits nothing else
+
+
+#: The standard library's C encoder, writing the same bytes as :func:`_encode` for everything but ``Decimal``.
+_C_ENCODER = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"), default=_no_decimal)
+
+
 def encode_json(value: Any) -> bytes:
-    """Encode rendered values as compact UTF-8 JSON, writing ``Decimal`` digits exactly."""
-    parts: list[str] = []
-    _encode(value, parts)
-    return "".join(parts).encode("utf-8")
+    """Encode rendered values as compact UTF-8 JSON, writing ``Decimal`` digits exactly.
+
+    Bodies without a ``Decimal`` go through the C encoder; the others through :func:`_encode`, which
+    writes a ``Decimal``'s own digits (the C encoder could only write it as a rounded float).
+    """
+    try:
+        return _C_ENCODER.encode(value).encode("utf-8")
+    except _HasDecimal:
+        parts: list[str] = []
+        _encode(value, parts)
+        return "".join(parts).encode("utf-8")
 
 
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
@@ -348,31 +369,33 @@ class OrderMapper:
                 f"no column maps to {ORDER_ID_PATH} (mandatory); select it as 'order_id' or '{ORDER_ID_PATH}'"
             )
         section_order = list(SECTIONS)
-        self._targets = sorted(targets, key=lambda t: section_order.index(t.section))  # documented order
+        ordered = sorted(targets, key=lambda t: section_order.index(t.section))  # documented order
+        # per target, what prepare() reads for every row: column, path, section, contact index, parent keys, key
+        self._plan = [(t.column, t.path, t.section, t.index, t.keys[:-1], t.keys[-1]) for t in ordered]
         self._sets_update_flag = "order_info.update" in paths
 
     def prepare(self, row: Sequence[Any]) -> PreparedOrder:
         """Build, validate and encode the order of one row; raises :class:`InvalidOrder`."""
         body: dict[str, Any] = {}
         tz = self.timezone
-        for target in self._targets:
-            value = render_value(row[target.column], target.path, tz)
-            section = body.get(target.section)
-            if target.index is None:
+        for column, path, section_name, index, parents, key in self._plan:
+            value = render_value(row[column], path, tz)
+            section = body.get(section_name)
+            if index is None:
                 if section is None:
-                    section = body[target.section] = {}
+                    section = body[section_name] = {}
                 holder = section
             else:
                 if section is None:
-                    section = body[target.section] = []
-                while len(section) <= target.index:
+                    section = body[section_name] = []
+                while len(section) <= index:
                     section.append({})
-                holder = section[target.index]
-            for key in target.keys[:-1]:
-                holder = holder.setdefault(key, {})
+                holder = section[index]
+            for parent in parents:
+                holder = holder.setdefault(parent, {})
                 if not isinstance(holder, dict):
-                    raise InvalidOrder(target.path, f"{key!r} is both a value and a nested object")
-            holder[target.keys[-1]] = value
+                    raise InvalidOrder(path, f"{parent!r} is both a value and a nested object")
+            holder[key] = value
         if self.row_mapper is not None:
             extra = self.row_mapper(dict(zip(self.columns, row, strict=True)))
             _merge(body, {str(k): render_value(v, str(k), tz) for k, v in extra.items()})
