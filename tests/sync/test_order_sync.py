@@ -11,6 +11,7 @@ through the ``airflow`` command in ``test_acceptance_cli.py``.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import time
 import uuid
 from collections import Counter
@@ -295,6 +296,37 @@ def test_literal_percent_in_a_query_without_parameters(any_warehouse, kapture_co
 # --------------------------------------------------------------------------------------------------
 # the first requests leave while the rest of the first chunk is mapped
 # --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frozen_before", [False, True], ids=["heap-not-frozen", "heap-frozen-by-the-executor"])
+def test_objects_older_than_the_run_are_frozen_while_it_lasts(
+    kapture_conn: KaptureEmulator, frozen_before: bool
+) -> None:
+    """The garbage collector's full collections skip the objects that existed before the run (a collection over
+    Airflow's heap stops every sending thread): frozen during the run, unfrozen after it, unless an executor
+    had frozen them before; what the run creates is still collected."""
+    from kapture_provider.hooks.kapture import KaptureHook
+    from kapture_provider.sync.engine import OrderSync
+
+    frozen_during: list[int] = []
+    if frozen_before:
+        gc.freeze()
+    frozen_at_start = gc.get_freeze_count()
+    hook = KaptureHook(max_requests_per_second=None)
+    try:
+        summary = OrderSync(hook, None, max_concurrency=2).run(
+            ["order_id", "customer_name"],
+            [[("F-1", "Customer 1"), ("F-2", "Customer 2")]],
+            row_mapper=lambda row: frozen_during.append(gc.get_freeze_count()) or {},
+        )
+        frozen_after = gc.get_freeze_count()
+    finally:
+        hook.close()
+        gc.unfreeze()
+
+    assert summary.succeeded == 2 and set(kapture_conn.orders) == {"F-1", "F-2"}
+    assert min(frozen_during) > frozen_at_start
+    assert (frozen_after > 0) is frozen_before
 
 
 @pytest.mark.parametrize("duplicate", [False, True], ids=["distinct-orders", "an-order-twice"])
