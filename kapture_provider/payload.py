@@ -379,7 +379,9 @@ class OrderMapper:
         body: dict[str, Any] = {}
         tz = self.timezone
         for column, path, section_name, index, parents, key in self._plan:
-            value = render_value(row[column], path, tz)
+            value = row[column]
+            if type(value) is not str or not value.isascii():  # ASCII text, the commonest value, is sent as it is
+                value = render_value(value, path, tz)
             section = body.get(section_name)
             if index is None:
                 if section is None:

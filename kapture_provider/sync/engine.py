@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
@@ -98,8 +98,7 @@ class SyncSummary:
         return result
 
 
-@dataclass(frozen=True)
-class _Send:
+class _Send(NamedTuple):
     order: PreparedOrder
     version: str | None
     refusals: int = 0  # Kapture's refusals of this order in a row so far

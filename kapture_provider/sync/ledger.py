@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -112,9 +112,8 @@ def is_older(version: str | None, than: str | None) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
-    """What the ledger knows of one order."""
+class LedgerEntry(NamedTuple):
+    """What the ledger knows of one order (a tuple: one is built for every row a run compares)."""
 
     order_id: str
     status: str
