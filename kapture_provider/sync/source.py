@@ -117,8 +117,8 @@ def _around(hook: DbApiHook, query: str, parameters: Parameters, read: Callable[
         conn.close()
 
 
-def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> str:
-    """Copy the result of ``query`` into a temporary table and return the query that reads it back.
+def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> tuple[str, int]:
+    """Copy the result of ``query`` into a temporary table; return the query that reads it back and its row count.
 
     A read left open on a SQLite database for the whole stream pins its WAL: the ledger's commits to the
     same file could not be checkpointed, the WAL would grow by kilobytes per order and every page read
@@ -129,10 +129,11 @@ def _sqlite_snapshot(conn: Any, query: str, parameters: Parameters) -> str:
     try:
         cur.execute("DROP TABLE IF EXISTS temp.kapture_sync_stream")
         _execute(cur, f"CREATE TEMP TABLE kapture_sync_stream AS {query}", parameters)
+        rows = int(cur.execute("SELECT COUNT(*) FROM temp.kapture_sync_stream").fetchone()[0])
     finally:
         cur.close()
     conn.commit()
-    return "SELECT * FROM temp.kapture_sync_stream ORDER BY rowid"
+    return "SELECT * FROM temp.kapture_sync_stream ORDER BY rowid", rows
 
 
 def streaming_cursor(conn: Any, chunk_size: int) -> Any:
@@ -166,8 +167,10 @@ def streaming_cursor(conn: Any, chunk_size: int) -> Any:
 class RowStream:
     """The row chunks of a running query; reading to the end or :meth:`close` closes its cursor and connection."""
 
-    def __init__(self, conn: Any, cur: Any, first: Sequence[Any], chunk_size: int):
+    def __init__(self, conn: Any, cur: Any, first: Sequence[Any], chunk_size: int, row_count: int | None = None):
         self._conn, self._cur, self._first, self._chunk_size = conn, cur, first, chunk_size
+        #: how many rows the query returned, when known before they are read (SQLite's snapshot)
+        self.row_count = row_count
 
     def __iter__(self) -> Iterator[list[tuple[Any, ...]]]:
         try:
@@ -196,11 +199,12 @@ def stream_rows(hook: DbApiHook, sql: str, parameters: Parameters, chunk_size: i
     fetched before the column names are read: psycopg2's named cursor describes its result only then.
     """
     conn = hook.get_conn()
+    row_count = None
     try:
         query, bound = bind_parameters(sql, parameters, driver_paramstyle(conn))
         cur = streaming_cursor(conn, chunk_size)
         if driver_name(conn) == "sqlite3":
-            query, bound = _sqlite_snapshot(conn, query, bound), None
+            (query, row_count), bound = _sqlite_snapshot(conn, query, bound), None
         _execute(cur, query, bound)
         first = cur.fetchmany(chunk_size)
         columns = [d[0] for d in cur.description]
@@ -208,4 +212,4 @@ def stream_rows(hook: DbApiHook, sql: str, parameters: Parameters, chunk_size: i
         with suppress(Exception):
             conn.close()
         raise
-    return columns, RowStream(conn, cur, first, chunk_size)
+    return columns, RowStream(conn, cur, first, chunk_size, row_count)

@@ -178,8 +178,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         try:
             ledger.conn  # noqa: B018 - connect first: SQLite's switch to WAL must precede the open read
             sql, id_column = self._query(source, parameters)
-            expected = self._expected_rows(source, sql, parameters)
             columns, chunks = stream_rows(source, sql, parameters, self.chunk_size)
+            expected = self._expected_rows(source, sql, parameters, chunks.row_count)
             if id_column:
                 quoted, shard = quote_identifier(source, id_column), (self.shard_index, self.shard_count)
                 check = NewestRowCheck(columns, id_column, quoted, shard)
@@ -203,10 +203,15 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             run_log.record(ti.dag_id, ti.task_id, self.shard_index, ti.run_id, window.start, window.end)
         return result
 
-    def _expected_rows(self, source: DbApiHook, sql: str, parameters: Parameters) -> int | None:
-        """The query's row count for the progress lines' ETA, or None: a failed count only costs the ETA."""
+    def _expected_rows(self, source: DbApiHook, sql: str, parameters: Parameters, known: int | None) -> int | None:
+        """The query's row count for the progress lines' ETA, or None: a failed count only costs the ETA.
+
+        ``known``: the count the stream already has (SQLite's snapshot), so that the query does not run twice.
+        """
         if not self.count_rows:
             return None
+        if known is not None:
+            return known
         try:
             return count_rows(source, sql, parameters)
         except Exception as err:
