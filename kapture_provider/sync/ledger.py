@@ -66,8 +66,9 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def time_text(value: dt.datetime) -> str:
-    """A time as the ledger writes it."""
-    return value.astimezone(dt.UTC).strftime(TIME_FORMAT)
+    """A time as the ledger writes it (:data:`TIME_FORMAT`); ``isoformat`` is twice as fast as ``strftime``,
+    and the base class's is called so that a pendulum ``DateTime`` is written the same way."""
+    return dt.datetime.isoformat(value.astimezone(dt.UTC), timespec="microseconds")[:-6] + "Z"
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -131,9 +132,8 @@ class LedgerEntry(NamedTuple):
         return self.pending_version
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one attempt, as the ledger records it."""
+class Outcome(NamedTuple):
+    """The result of one attempt, as the ledger records it (a tuple: one is built for every order sent)."""
 
     order_id: str
     status: str

@@ -7,10 +7,23 @@ import json
 import threading
 from typing import Any
 
+import pendulum
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kapture_provider.compat import BaseHook
-from kapture_provider.sync.ledger import DELIVERED, FAILED, INVALID, Ledger, LedgerNotSupported, Outcome
+from kapture_provider.sync.ledger import (
+    DELIVERED,
+    FAILED,
+    INVALID,
+    TIME_FORMAT,
+    Ledger,
+    LedgerNotSupported,
+    Outcome,
+    parse_time,
+    time_text,
+)
 
 NOW = "2026-11-27T10:00:00.000000Z"
 LATER = "2026-11-27T11:00:00.000000Z"
@@ -254,3 +267,15 @@ def test_sqlite_ledger_checkpoints_its_write_ahead_log_as_it_goes(sqlite_warehou
     assert wal.stat().st_size < 1000 * one_commit  # without checkpoints: over 2,000 times as much
     ledger.close()
     assert len(sqlite_warehouse.ledger()) == 2010
+
+
+@given(st.datetimes(min_value=dt.datetime(1000, 1, 1), timezones=st.timezones()))
+@settings(max_examples=300, deadline=None)
+def test_ledger_times_are_utc_text_to_the_microsecond_that_reads_back(value: dt.datetime) -> None:
+    """``time_text`` (isoformat, for speed) writes exactly what ``TIME_FORMAT`` describes, in UTC, for any
+    aware time; a pendulum ``DateTime`` the same way; and ``parse_time`` reads it back unchanged."""
+    text = time_text(value)
+
+    assert text == value.astimezone(dt.UTC).strftime(TIME_FORMAT)
+    assert parse_time(text) == value.astimezone(dt.UTC)
+    assert time_text(pendulum.instance(value.astimezone(dt.UTC)).in_timezone("Asia/Kolkata")) == text
