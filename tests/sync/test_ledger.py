@@ -269,11 +269,11 @@ def test_sqlite_ledger_checkpoints_its_write_ahead_log_as_it_goes(sqlite_warehou
     assert len(sqlite_warehouse.ledger()) == 2010
 
 
-@given(st.datetimes(min_value=dt.datetime(1000, 1, 1), timezones=st.timezones()))
+@given(st.datetimes(dt.datetime(1001, 1, 1), dt.datetime(9998, 12, 31), timezones=st.timezones()))
 @settings(max_examples=300, deadline=None)
 def test_ledger_times_are_utc_text_to_the_microsecond_that_reads_back(value: dt.datetime) -> None:
     """``time_text`` (isoformat, for speed) writes exactly what ``TIME_FORMAT`` describes, in UTC, for any
-    aware time; a pendulum ``DateTime`` the same way; and ``parse_time`` reads it back unchanged."""
+    aware time (four-digit years); a pendulum ``DateTime`` the same way; ``parse_time`` reads back the instant."""
     text = time_text(value)
 
     assert text == value.astimezone(dt.UTC).strftime(TIME_FORMAT)
