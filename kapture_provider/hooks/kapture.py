@@ -22,6 +22,7 @@ from kapture_provider.exceptions import (
     KaptureRejectedError,
     KaptureResponseError,
     KaptureTransientError,
+    Secrets,
     scrub,
 )
 from kapture_provider.hooks import connection_form
@@ -53,6 +54,8 @@ class KaptureSettings:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     pool_size: int = 32
+    secrets: Secrets = field(default_factory=Secrets, repr=False)
+    """The password, the Basic token and the proxy's: blanked in any text that came from outside."""
 
 
 def base_url_from_host(host: str | None, *, port: int | None = None, allow_insecure_http: bool = False) -> str:
@@ -67,6 +70,11 @@ def base_url_from_host(host: str | None, *, port: int | None = None, allow_insec
     if "://" not in host:
         host = f"https://{host}.kapturecrm.com" if "." not in host and ":" not in host else f"https://{host}"
     parts = urlsplit(host)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "the Kapture connection's Host carries credentials (user:password@): put the user name in Login "
+            "and the password in Password, and leave only the address in Host"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"the Kapture connection's Host {host!r} is not an http(s) URL or a subdomain")
     if parts.scheme == "http" and not allow_insecure_http and not is_loopback(parts.hostname):
@@ -183,11 +191,18 @@ class KaptureHook(BaseHook):
             port=conn.port,
             allow_insecure_http=str(extra.get("allow_insecure_http", "")).lower() in ("1", "true", "yes"),
         )
+        authorization = basic_authorization(conn.login, conn.password)
+        proxy = choose_proxy(base_url, extra.get("proxy"))
+        passwords, tokens = [conn.password or ""], [authorization.removeprefix("Basic ")]
+        if proxy is not None:
+            passwords += [proxy.password or "", proxy.username or ""]
+            tokens += [value.removeprefix("Basic ") for value in proxy.headers.values()]
         return KaptureSettings(
             base_url,
-            basic_authorization(conn.login, conn.password),
-            proxy=choose_proxy(base_url, extra.get("proxy")),
+            authorization,
+            proxy=proxy,
             trust=choose_trust(extra),
+            secrets=Secrets(tuple(p for p in passwords if p), tuple(tokens)),
             **values,
         )
 
@@ -308,12 +323,13 @@ class KaptureHook(BaseHook):
             answer = transport.post(path, data)
         except TransportError as err:
             self.throttle.observe(None, time.monotonic() - sent_at)
-            text = f"{_prefix(order_id)}{err}"
+            text = self.settings.secrets.redact(f"{_prefix(order_id)}{err}")
             if err.permanent:  # TLS trust, client certificate, proxy credentials: settings to change
                 raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
             raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
         self.throttle.observe(answer.status, time.monotonic() - sent_at)
-        return _classify(answer, order_id, data, f"order {order_id}: Kapture" if order_id else transport.host)
+        subject = f"order {order_id}: Kapture" if order_id else transport.host
+        return _classify(answer, order_id, data, subject, self.settings.secrets)
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -330,11 +346,11 @@ class _Retry(Exception):
         self.retry_after = retry_after
 
 
-def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str) -> dict[str, Any]:
+def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str, secrets: Secrets) -> dict[str, Any]:
     """Turn one HTTP answer into the parsed body, or raise the error class it belongs to.
 
-    Texts start with ``subject`` (``order 7: Kapture``, or the host) and quote the answer scrubbed of
-    the personal values of the body ``sent``.
+    Texts start with ``subject`` (``order 7: Kapture``, or the host) and quote the answer cleaned of
+    our ``secrets`` and of the personal values of the body ``sent``.
     """
     code = answer.status
     body: Any = None
@@ -347,7 +363,7 @@ def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str) -
     if 200 <= code < 300 and status == "success":
         return body  # type: ignore[no-any-return]
     personal = _personal_texts(sent)
-    message = scrub(str(fields.get("message") or ""), personal=personal)
+    message = scrub(str(fields.get("message") or ""), personal=personal, secrets=secrets)
     if code in (401, 403) or (status == "failed" and any(w in message.lower() for w in _AUTH_WORDS)):
         raise KaptureAuthError(
             f"{subject} refused the credentials (HTTP {code}: {message or 'no message'})",
@@ -355,7 +371,7 @@ def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str) -
             status_code=code,
         )
     if code in _RETRYABLE_STATUS or (200 <= code < 300 and body is None):
-        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body, personal)}")
+        what = f"HTTP {code}" + (f": {message}" if message else f", body {_excerpt(answer.body, personal, secrets)}")
         error = KaptureTransientError(f"{subject} answered {what}", order_id=order_id, status_code=code)
         raise _Retry(error, parse_retry_after(answer.retry_after))
     if 300 <= code < 400:
@@ -366,12 +382,12 @@ def _classify(answer: Answer, order_id: str | None, sent: bytes, subject: str) -
             status_code=code,
         )
     if not 200 <= code < 300 or status == "failed":
-        detail = message or (f"body {_excerpt(answer.body, personal)}" if body is None else "no message")
+        detail = message or (f"body {_excerpt(answer.body, personal, secrets)}" if body is None else "no message")
         raise KaptureRejectedError(
             f"{subject} refused the order (HTTP {code}): {detail}", order_id=order_id, status_code=code
         )
     raise KaptureResponseError(
-        f"{subject} answered HTTP {code} without a success status: {_excerpt(answer.body, personal)}",
+        f"{subject} answered HTTP {code} without a success status: {_excerpt(answer.body, personal, secrets)}",
         order_id=order_id,
         status_code=code,
     )
@@ -388,6 +404,6 @@ def _prefix(order_id: str | None) -> str:
     return f"order {order_id}: " if order_id else ""
 
 
-def _excerpt(body: bytes, personal: list[str]) -> str:
+def _excerpt(body: bytes, personal: list[str], secrets: Secrets) -> str:
     text = body[:400].decode("utf-8", errors="replace")
-    return repr(scrub(text, 80, personal)) if text.strip() else "empty"
+    return repr(scrub(text, 80, personal, secrets)) if text.strip() else "empty"

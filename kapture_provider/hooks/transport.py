@@ -1,20 +1,9 @@
-"""POST to one Kapture origin over urllib3: keep-alive connections shared by many threads, every failure named.
+"""POST to one Kapture origin through urllib3's public API, and trust an answer only when it is whole.
 
-The hook sends one kind of request (a POST of a small JSON body, answered by a small JSON body) to one
-host and does its own retries, authentication and (refused) redirects. So the urllib3 connection pool
-for that origin is resolved once; urllib3 keeps the idle connections (closing those the server dropped),
-opens new ones (timeouts, TLS verification, the proxy's CONNECT tunnel) and puts them back. The exchange
-itself is one write of the request and :mod:`~kapture_provider.hooks.http_answer` on the answer:
-urllib3's ``urlopen`` (retries, redirects, header merging, response objects, all unused here) and the
-standard library's parser under it cost 0.4 ms more CPU per request under 8 sending threads, as much as
-the rest of a sync (``requests`` costs another 0.7 ms). Going around ``urlopen`` means calling the
-pool's ``_get_conn``, ``_put_conn`` and ``_prepare_proxy``, unchanged through urllib3 2.x (the
-dependency is ``<3``).
-
-Through a proxy, an ``https://`` Kapture is reached in a CONNECT tunnel: the proxy sees its host and
-port, never the Authorization header or the body. (A plain ``http://`` Kapture, allowed with
-``allow_insecure_http``, is forwarded in the clear, as curl does; a loopback one takes only a ``proxy``
-extra, never the environment's proxy.)
+urllib3 keeps the connections (pool, proxy tunnel, TLS, timeouts); this module adds what no library
+does for us: one deadline for the whole answer, a cap on its body, framing headers checked before the
+body is believed (RFC 9112 §6.3), and a connection with any byte left unread after its answer closed
+instead of reused, so that nothing a server sends between answers is read as the next order's answer.
 """
 
 from __future__ import annotations
@@ -23,23 +12,39 @@ import http.client
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
-from urllib3.connection import HTTPConnection
-from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util.ssltransport import SSLTransport
 
 from kapture_provider.exceptions import Cause
-from kapture_provider.hooks.http_answer import read_answer
+from kapture_provider.hooks.deadline import ANSWER_DEADLINES
 from kapture_provider.hooks.network import Proxy, Trust, bracketed, tls_context
 
+#: The largest answer body read; Kapture's answers are a few hundred bytes of JSON.
+MAX_ANSWER_BYTES = 1 << 20
 _NAME_MISMATCHES = frozenset({62, 64})  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and _IP_ADDRESS_MISMATCH
 _PATH_CHARACTERS = "/%:@!$&'()*+,;=-._~"  # kept as they are in a request path; anything else is %-encoded
 _FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x1f\x7f]")
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²"
+_READABLE_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})  # what urllib3 decodes by itself
 #: The server refused or required our client certificate (TLS alerts seen by the client).
 _CLIENT_CERTIFICATE_ALERTS = frozenset(
     {
@@ -51,6 +56,7 @@ _CLIENT_CERTIFICATE_ALERTS = frozenset(
         "TLSV1_ALERT_ACCESS_DENIED",
     }
 )
+_phase = threading.local()  # .connecting: the current thread's request is opening its connection
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,47 @@ class TransportError(Exception):
         self.permanent = permanent
 
 
+def _unread_bytes(sock: Any) -> bool:
+    """Whether the TLS layer holds bytes already received but not read (a socket's own buffer is
+    checked by urllib3)."""
+    if isinstance(sock, ssl.SSLSocket):
+        return sock.pending() > 0
+    if isinstance(sock, SSLTransport):  # TLS inside an https proxy's TLS
+        return sock.sslobj.pending() > 0 or sock.incoming.pending > 0
+    return False
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    """A urllib3 connection that is never reused with bytes left unread, and whose answers have one
+    deadline (:mod:`~kapture_provider.hooks.deadline`)."""
+
+    @property
+    def is_connected(self) -> bool:
+        """Open, and nothing unread on it: urllib3's pool drops a connection for which this is false."""
+        return super().is_connected and not _unread_bytes(self.sock)
+
+    def connect(self) -> None:
+        _phase.connecting = True
+        super().connect()
+        _phase.connecting = False
+
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        ANSWER_DEADLINES.start(self.sock, self.timeout if isinstance(self.timeout, float | int) else None)
+        return super().getresponse()
+
+
+class _GuardedHTTPSConnection(_GuardedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
 class Transport:
     """Keep-alive connections to the origin of ``base_url``, directly or through ``proxy``.
 
@@ -89,7 +136,7 @@ class Transport:
     :param headers: sent with every request (``Host`` and ``Content-Length`` are added).
     :param size: connections kept open for reuse: the number of threads sending at once.
     :param connect_timeout: seconds to connect (through the proxy's tunnel, TLS handshake included).
-    :param read_timeout: seconds to wait for each read of the answer.
+    :param read_timeout: seconds for the whole answer, from the request sent to its last byte.
     :param proxy: the forward proxy to go through, or ``None``.
     :param trust: the CAs to verify against and our client certificate (``https://`` only).
     """
@@ -122,24 +169,25 @@ class Transport:
         }
         if tls is not None:
             options["ssl_context"] = tls
-        self._manager: urllib3.PoolManager
+        manager: urllib3.PoolManager
         if proxy is None:
-            self._manager = urllib3.PoolManager(num_pools=1, **options)
+            manager = urllib3.PoolManager(num_pools=1, **options)
         else:
-            self._manager = urllib3.ProxyManager(
+            manager = urllib3.ProxyManager(
                 proxy.url, num_pools=1, proxy_headers=proxy.headers, proxy_ssl_context=tls, **options
             )
             if parts.scheme == "http":  # forwarded, not tunnelled: the request line carries the whole URL
                 self._prefix = f"http://{self.host}{self._prefix}"
                 headers = {**headers, **proxy.headers}  # the proxy reads them; a tunnel sends them in CONNECT
-        self._pool = self._manager.connection_from_host(parts.hostname, parts.port, parts.scheme)
-        self._tunnelled = proxy is not None and parts.scheme == "https"
+        manager.pool_classes_by_scheme = {"http": _GuardedHTTPConnectionPool, "https": _GuardedHTTPSConnectionPool}
+        self._manager = manager
+        self._pool = manager.connection_from_host(parts.hostname, parts.port, parts.scheme)
         self._timeouts = connect_timeout, read_timeout
-        fields = {"Host": self.host, **headers}
-        if any(_FORBIDDEN_IN_HEADER.search(f"{name}{value}") for name, value in fields.items()):
+        self._headers = {"Host": self.host, "Accept-Encoding": "identity", **headers}
+        if any(_FORBIDDEN_IN_HEADER.search(f"{name}{value}") for name, value in self._headers.items()):
             raise ValueError("a request header would contain a line break or a control character")
         try:
-            self._head = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode("ascii")
+            "".join(f"{name}{value}" for name, value in self._headers.items()).encode("ascii")
         except UnicodeEncodeError:
             raise ValueError(
                 f"the host name {parts.hostname!r} is not ASCII: write an international name in its xn-- form"
@@ -147,44 +195,73 @@ class Transport:
 
     def post(self, path: str, body: bytes) -> Answer:
         """POST ``body`` to ``path`` and read the whole answer; raises :class:`TransportError`."""
-        connection: HTTPConnection | None = None  # or its subclass HTTPSConnection
-        connecting = finished = False
+        _phase.connecting = False
+        response: urllib3.BaseHTTPResponse | None = None
         try:
-            connection = cast(HTTPConnection, self._pool._get_conn())  # an idle connection still open, or a new one
-            if connection.is_closed:
-                connecting = True
-                self._connect(connection)
-                connecting = False
-            answer = self._exchange(connection, path, body)
-            finished = True
+            response = self._pool.urlopen(
+                "POST",
+                f"{self._prefix}{path}",
+                body=body,
+                headers=self._headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+            )
+            answer = self._read(response)
+        except TransportError:
+            if response is not None:
+                response.close()  # whatever was left unread on it must not be taken for the next answer
+            raise
         except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as err:
-            raise self._failure(err, connection, connecting) from None
+            if response is not None:
+                response.close()
+            expired = ANSWER_DEADLINES.finish()
+            raise self._failure(err, connecting=_phase.connecting, expired=expired) from None
         finally:
-            if connection is not None and not finished:
-                connection.close()  # whatever was left unread on it must not be taken for the next answer
-            self._pool._put_conn(connection)  # a closed connection is opened again when next taken
+            ANSWER_DEADLINES.finish()
+            if response is not None:
+                response.release_conn()  # a closed connection is opened again when next taken
         return answer
 
-    def _connect(self, connection: HTTPConnection) -> None:
-        """Open ``connection`` within the connect timeout (through the proxy's tunnel, TLS handshake
-        included); reads wait up to the read timeout from then on."""
-        connection.timeout = self._timeouts[0]
-        if self._tunnelled:
-            self._pool._prepare_proxy(connection)  # CONNECT, then TLS with Kapture inside the tunnel
-        else:
-            connection.connect()
-        assert connection.sock is not None
-        connection.sock.settimeout(self._timeouts[1])
+    def _read(self, response: urllib3.BaseHTTPResponse) -> Answer:
+        """The answer's body, within :data:`MAX_ANSWER_BYTES`, once its framing is known to be sound."""
+        if response.status < 200:  # an interim answer (http.client skips only 100) is no answer
+            raise self._invalid(f"an interim HTTP {response.status} answer instead of a final one")
+        headers = response.headers
+        lengths = set(headers.getlist("content-length"))
+        if lengths and headers.get("transfer-encoding") is not None:
+            raise self._invalid("both Content-Length and Transfer-Encoding")
+        if len(lengths) > 1:
+            raise self._invalid("conflicting Content-Length headers")
+        if lengths:
+            (length,) = lengths
+            if not _CONTENT_LENGTH.fullmatch(length.strip()):
+                raise self._invalid(f"an invalid Content-Length {length[:20]!r}")
+            if int(length) > MAX_ANSWER_BYTES:
+                raise self._too_large()
+        coding = headers.get("transfer-encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            raise self._invalid(f"an unsupported Transfer-Encoding {coding[:20]!r}")
+        content_coding = (headers.get("content-encoding") or "identity").strip().lower()
+        if content_coding not in _READABLE_CODINGS:
+            raise self._invalid(f"a Content-Encoding we cannot read ({content_coding[:20]!r})")
+        body = response.read(MAX_ANSWER_BYTES + 1)
+        if len(body) > MAX_ANSWER_BYTES:
+            raise self._too_large()
+        return Answer(response.status, body, headers.get("retry-after"))
 
-    def _exchange(self, connection: HTTPConnection, path: str, body: bytes) -> Answer:
-        """Send the request in one write and read the answer, leaving ``connection`` ready for the next."""
-        assert connection.sock is not None
-        request_line = f"POST {self._prefix}{path} HTTP/1.1\r\n".encode("ascii")
-        connection.sock.sendall(b"%s%sContent-Length: %d\r\n\r\n%s" % (request_line, self._head, len(body), body))
-        answer = read_answer(connection.sock)
-        if answer.will_close:
-            connection.close()
-        return Answer(answer.status, answer.body, answer.headers.get("retry-after"))
+    def _invalid(self, what: str) -> TransportError:
+        return TransportError(
+            f"the answer from {self.address} was not valid HTTP ({what})", cause=Cause.INVALID_HTTP, host=self.address
+        )
+
+    def _too_large(self) -> TransportError:
+        return TransportError(
+            f"the answer from {self.address} was larger than {MAX_ANSWER_BYTES // 1024} KiB",
+            cause=Cause.TOO_LARGE,
+            host=self.address,
+        )
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when their request ends."""
@@ -196,50 +273,56 @@ class Transport:
         return f"through {self.proxy}" if self.proxy else "directly"
 
     # -- naming failures --------------------------------------------------------------------------
-    def _failure(self, err: BaseException, connection: HTTPConnection | None, connecting: bool) -> TransportError:
-        """Name what failed: opening the connection (``connecting``) or the exchange on it."""
-        proxy = self.proxy
-        if (
-            proxy is not None
-            and connecting
-            and (
-                connection is None
-                or not connection.has_connected_to_proxy  # no connection to the proxy
-                or isinstance(err, TimeoutError)  # the proxy did not answer the CONNECT
-                or (isinstance(err, OSError) and _TUNNEL_REFUSED.search(str(err)) is not None)  # it refused
+    def _failure(self, err: BaseException, *, connecting: bool, expired: bool) -> TransportError:
+        """Name what failed: opening the connection (``connecting``) or the exchange on it; ``expired``:
+        the answer's deadline cut it off."""
+        host, proxy = self.address, self.proxy
+        if expired:
+            return TransportError(
+                f"{host} sent no complete answer within the read timeout ({self._timeouts[1]:g} s)",
+                cause=Cause.READ_TIMEOUT,
+                host=host,
             )
+        cause = _underlying(err)
+        if proxy is not None and (
+            isinstance(err, ProxyError)  # no connection to the proxy
+            or _TUNNEL_REFUSED.search(str(cause)) is not None  # it refused the tunnel
+            or (connecting and isinstance(cause, ReadTimeoutError) and cause.url == proxy.url)  # no CONNECT answer
         ):
-            return self._proxy_failure(err)
-        host, via = self.address, f" ({self.describe_route()})" if proxy else ""
+            return self._proxy_failure(cause)
+        via = f" ({self.describe_route()})" if proxy else ""
         name = f"the host name {_name(host)} (the connection's Host)"
-        named = _connection_failure(err, host, name, host, self._timeouts[0])
+        named = _connection_failure(cause, host, name, host, self._timeouts[0])
         if named is not None:
             return named
-        if isinstance(err, TimeoutError) and connecting:  # connected, but the TLS handshake did not finish
+        if isinstance(cause, ReadTimeoutError | TimeoutError) and connecting:  # connected, no TLS handshake
             return TransportError(
                 f"no TLS connection to {host} within the connect timeout ({self._timeouts[0]:g} s){via}",
                 cause=Cause.CONNECT_TIMEOUT,
                 host=host,
             )
-        if isinstance(err, TimeoutError):
+        if isinstance(cause, ReadTimeoutError | TimeoutError):
             return TransportError(
-                f"{host} sent no answer within the read timeout ({self._timeouts[1]:g} s)",
+                f"{host} sent no complete answer within the read timeout ({self._timeouts[1]:g} s)",
                 cause=Cause.READ_TIMEOUT,
                 host=host,
             )
-        if isinstance(err, ssl.SSLError):
-            return self._tls_failure(err, host)
-        if isinstance(err, http.client.IncompleteRead):
+        if isinstance(cause, ssl.SSLError):
+            return self._tls_failure(cause, host)
+        if isinstance(cause, http.client.IncompleteRead):
             return TransportError(f"the answer from {host} was cut off", cause=Cause.CUT_OFF, host=host)
-        if isinstance(err, OSError):  # a reset, a broken pipe, http.client's RemoteDisconnected
+        if isinstance(cause, OSError):  # a reset, a broken pipe, http.client's RemoteDisconnected
             return TransportError(
-                f"the connection to {host} was reset or closed before the answer ({_os_reason(err)}){via}",
+                f"the connection to {host} was reset or closed before the answer ({_os_reason(cause)}){via}",
                 cause=Cause.RESET,
                 host=host,
             )
-        if isinstance(err, http.client.HTTPException):
-            return TransportError(f"the answer from {host} was not valid HTTP", cause=Cause.INVALID_HTTP, host=host)
-        return TransportError(f"the request to {host} failed ({type(err).__name__}){via}", cause=Cause.RESET, host=host)
+        if isinstance(cause, DecodeError):
+            return self._invalid("a body that does not decode as its Content-Encoding says")
+        if isinstance(cause, http.client.HTTPException | ProtocolError):
+            return self._invalid(type(cause).__name__)
+        failed = f"the request to {host} failed ({type(cause).__name__}){via}"
+        return TransportError(failed, cause=Cause.RESET, host=host)
 
     def _tls_failure(self, err: ssl.SSLError, host: str) -> TransportError:
         if isinstance(err, ssl.SSLCertVerificationError):
@@ -346,6 +429,16 @@ def _connection_failure(err: BaseException, where: str, name: str, host: str, ti
             host=host,
         )
     return None
+
+
+def _underlying(err: BaseException) -> BaseException:
+    """The error under urllib3's wrappers (``ProxyError``, ``ProtocolError``, ``SSLError``)."""
+    while isinstance(err, ProxyError | ProtocolError | SSLError):
+        inner = next((arg for arg in err.args if isinstance(arg, BaseException)), None)
+        if inner is None:
+            break
+        err = inner
+    return err
 
 
 def _name(address: str) -> str:

@@ -828,7 +828,7 @@ def test_connect_timeout_is_told_apart_from_read_timeout(make_hook, full_backlog
 @pytest.mark.parametrize(
     ("fault", "cause", "text"),
     [
-        (Fault.SLOW, Cause.READ_TIMEOUT, "sent no answer within the read timeout (0.3 s)"),
+        (Fault.SLOW, Cause.READ_TIMEOUT, "sent no complete answer within the read timeout (0.3 s)"),
         (Fault.RESET, Cause.RESET, "was reset or closed before the answer"),
     ],
     ids=str,
