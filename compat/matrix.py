@@ -61,6 +61,8 @@ PROVIDERS = (
     "common-compat", "common-io", "common-sql", "duckdb", "fab", "ftp", "http", "imap", "mysql", "oracle",
     "postgres", "smtp", "sqlite", "standard",
 )  # fmt: skip
+#: Libraries whose floor is a security fix newer than some series' cap: allowed as new as the providers.
+SECURITY_FLOORS = ("urllib3",)
 #: The matrix subset: hook, operators, payload, sync engine and ledger, DAGs (``dag.test()`` and the
 #: ``airflow dags test`` CLI), the connection form, the emulator. The whole suite runs on the newest
 #: Airflow in ``make test``.
@@ -88,6 +90,7 @@ def lock(series: str) -> None:
     """Compile the capped lock file of one series."""
     spec = SERIES[series]
     providers = [f"--exclude-newer-package=apache-airflow-providers-{p}={PROVIDERS_AS_OF}" for p in PROVIDERS]
+    providers += [f"--exclude-newer-package={name}={PROVIDERS_AS_OF}" for name in SECURITY_FLOORS]
     subprocess.run(
         [uv(), "pip", "compile", "--quiet", "--python-version", PYTHON_VERSION, "--exclude-newer", spec.cutoff,
          *providers, "--extra", "test", "--no-emit-package", "airflow-provider-kapture",
