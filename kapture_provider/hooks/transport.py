@@ -9,6 +9,7 @@ instead of reused, so that nothing a server sends between answers is read as the
 from __future__ import annotations
 
 import http.client
+import io
 import re
 import socket
 import ssl
@@ -85,9 +86,8 @@ class TransportError(Exception):
         self.permanent = permanent
 
 
-def _unread_bytes(sock: Any) -> bool:
-    """Whether the TLS layer holds bytes already received but not read (a socket's own buffer is
-    checked by urllib3)."""
+def _unread_in_tls(sock: Any) -> bool:
+    """Whether the TLS layer holds bytes already received but not read."""
     if isinstance(sock, ssl.SSLSocket):
         return sock.pending() > 0
     if isinstance(sock, SSLTransport):  # TLS inside an https proxy's TLS
@@ -95,14 +95,60 @@ def _unread_bytes(sock: Any) -> bool:
     return False
 
 
-class _GuardedHTTPConnection(HTTPConnection):
-    """A urllib3 connection that is never reused with bytes left unread, and whose answers have one
-    deadline (:mod:`~kapture_provider.hooks.deadline`)."""
+class _Probe(io.RawIOBase):
+    """A socket's raw reader that can be told to answer "nothing now" instead of waiting for bytes."""
 
-    @property
-    def is_connected(self) -> bool:
-        """Open, and nothing unread on it: urllib3's pool drops a connection for which this is false."""
-        return super().is_connected and not _unread_bytes(self.sock)
+    def __init__(self, raw: Any):
+        self.source = raw
+        self.probing = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        return None if self.probing else self.source.readinto(buffer)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.source.close()
+        super().close()
+
+
+class _AnswerReader(io.BufferedReader):
+    """The buffered reader an answer is read from. When the answer is done, bytes still in its buffer or
+    in the TLS layer mean the server sent more than one answer: the socket is shut down, so that urllib3's
+    pool drops the connection (it drops any socket that is readable when taken) instead of reading them
+    as the next order's answer."""
+
+    def __init__(self, sock: Any):
+        self._probe = _Probe(sock.makefile("rb", buffering=0))
+        super().__init__(self._probe)
+        self._sock = sock
+
+    def close(self) -> None:
+        if not self.closed:
+            self._probe.probing = True
+            if self.peek(1) or _unread_in_tls(self._sock):
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed already
+        super().close()
+
+
+class _GuardedHTTPResponse(http.client.HTTPResponse):
+    """http.client's answer, read through an :class:`_AnswerReader`."""
+
+    def __init__(self, sock: Any, *args: Any, **kwargs: Any):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # the standard reader, unused
+        self.fp = _AnswerReader(sock)
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    """A urllib3 connection whose answers are never followed by unread bytes when it is reused, and have
+    one deadline each (:mod:`~kapture_provider.hooks.deadline`)."""
+
+    response_class = _GuardedHTTPResponse
 
     def connect(self) -> None:
         _phase.connecting = True
