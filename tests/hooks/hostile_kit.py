@@ -32,7 +32,7 @@ SUCCESS = b'{"status": "success", "message": "Order Updated successfully !"}'
 ORDER_IDS = ("O1", "O2", "O3", "O4", "O5", "O6")
 LEDGER_TABLE = "kapture_order_sync_ledger"
 SOURCE_CONN_ID = "hostile_source"
-_REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 407: "Proxy Authentication Required", 500: "Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 500: "Internal Server Error"}
 
 
 def failed_body(message: str) -> bytes:
