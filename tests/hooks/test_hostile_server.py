@@ -175,7 +175,7 @@ def send_alone(order_id: str) -> KaptureError:
 
 
 def assert_statuses(run: SyncRun, **failed: str) -> None:
-    """Every order delivered but those named ``order_id=reason``; the summary counts the same."""
+    """Every order delivered but those named (``O3=FAILED``); the summary counts and lists the same."""
     expected = {order_id: FAILED if order_id in failed else DELIVERED for order_id in ORDER_IDS}
     assert run.status() == expected, {k: (v["status"], v["last_error"]) for k, v in run.ledger.items()}
     summary = run.summary
@@ -193,7 +193,7 @@ def assert_o4_refused_by_its_own_answer(run: SyncRun, server: HostileServer) -> 
     assert [r.order_id for r in server.requests[: len(ORDER_IDS)]] == list(ORDER_IDS)  # each sent once, in order
 
 
-def assert_o3_failed_alone(run: SyncRun, server: HostileServer, cause: Cause | set[Cause]) -> KaptureError:
+def assert_o3_failed_alone(run: SyncRun, server: HostileServer, cause: Cause | set[Cause]) -> None:
     """O3 failed transiently with ``cause`` (the ledger holds that error's text), on a connection that was
     closed, not reused for O4; O4 was refused by its own answer; the rest were delivered."""
     assert_statuses(run, O3=FAILED, O4=FAILED)
@@ -206,7 +206,6 @@ def assert_o3_failed_alone(run: SyncRun, server: HostileServer, cause: Cause | s
     assert error.cause in (cause if isinstance(cause, set) else {cause}), (error.cause, error.message)
     assert error.order_id == HOSTILE
     assert run.ledger[HOSTILE]["last_error"] == error.message
-    return error
 
 
 # -- malformed answers ------------------------------------------------------------------------------
