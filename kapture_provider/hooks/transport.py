@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     DecodeError,
+    InvalidHeader,
     NameResolutionError,
     NewConnectionError,
     ProtocolError,
@@ -43,6 +44,7 @@ MAX_ANSWER_BYTES = 1 << 20
 _NAME_MISMATCHES = frozenset({62, 64})  # OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and _IP_ADDRESS_MISMATCH
 _PATH_CHARACTERS = "/%:@!$&'()*+,;=-._~"  # kept as they are in a request path; anything else is %-encoded
 _FORBIDDEN_IN_HEADER = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN_IN_FIELD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: no controls but tab
 _TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (\d{3})\b ?(.*)")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²"
 _READABLE_CODINGS = frozenset({"identity", "gzip", "x-gzip", "deflate"})  # what urllib3 decodes by itself
@@ -275,6 +277,8 @@ class Transport:
         if response.status < 200:  # an interim answer (http.client skips only 100) is no answer
             raise self._invalid(f"an interim HTTP {response.status} answer instead of a final one")
         headers = response.headers
+        if any(_FORBIDDEN_IN_FIELD.search(value) for value in headers.values()):
+            raise self._invalid("a control character in a header")
         lengths = set(headers.getlist("content-length"))
         if lengths and headers.get("transfer-encoding") is not None:
             raise self._invalid("both Content-Length and Transfer-Encoding")
@@ -365,6 +369,8 @@ class Transport:
             )
         if isinstance(cause, DecodeError):
             return self._invalid("a body that does not decode as its Content-Encoding says")
+        if isinstance(cause, InvalidHeader):  # conflicting Content-Length values, say
+            return self._invalid("invalid framing headers")
         if isinstance(cause, http.client.HTTPException | ProtocolError):
             return self._invalid(type(cause).__name__)
         failed = f"the request to {host} failed ({type(cause).__name__}){via}"

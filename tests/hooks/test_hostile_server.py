@@ -16,6 +16,7 @@ import gzip
 import io
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,11 +225,16 @@ MALFORMED: dict[str, Script] = {
     "content-length-and-chunked": raw(
         HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNKED_SUCCESS
     ),
-    "gzip-not-asked-for": raw(http_answer(body=gzip.compress(SUCCESS), headers=[("Content-Encoding", "gzip")])),
     "nul-in-a-header": raw(http_answer(headers=[("X-Trace", "ab\x00cd")])),
     "header-line-70-kb": raw(http_answer(headers=[("X-Padding", "p" * 70_000)])),
     "101-headers": raw(http_answer(headers=[(f"X-Header-{i}", "v") for i in range(99)])),  # + its 2 own
     "garbage-status-line": raw(b"HTTP/1.1 OK-ish\r\nContent-Length: %d\r\n\r\n%s" % (len(SUCCESS), SUCCESS)),
+}
+#: Sizes larger than any answer: a Content-Length over the cap is refused before the body is read; a chunk
+#: that announces 2^63 bytes and ends at the close is cut off (http.client reads chunk sizes itself).
+LARGER_THAN_ANY_ANSWER: dict[str, set[Cause]] = {
+    "chunk-size-2^63": {Cause.CUT_OFF, Cause.TOO_LARGE},
+    "content-length-10^15": {Cause.TOO_LARGE},
 }
 
 
@@ -240,8 +246,30 @@ def test_malformed_answer_fails_that_order_alone(
 
     run = run_sync(source, connect(server))
 
-    if case == "gzip-not-asked-for":  # compressed although we said we take none
-        assert {r.headers.get("accept-encoding") for r in server.requests} == {"identity"}
+    assert_o3_failed_alone(run, server, LARGER_THAN_ANY_ANSWER.get(case, {Cause.INVALID_HTTP}))
+
+
+def test_an_answer_compressed_although_we_asked_for_identity_is_decoded(
+    serve: Callable[[Script], HostileServer], connect: Callable[..., str], source: Path
+) -> None:
+    """We send ``Accept-Encoding: identity``; a gateway that gzips anyway is decoded (within the cap), so
+    O3's success counts, and O4 still gets its own answer."""
+    server = serve(kapture(raw(http_answer(body=gzip.compress(SUCCESS), headers=[("Content-Encoding", "gzip")]))))
+
+    run = run_sync(source, connect(server))
+
+    assert {r.headers.get("accept-encoding") for r in server.requests} == {"identity"}
+    assert_statuses(run, O4=FAILED)
+    assert_o4_refused_by_its_own_answer(run, server)
+
+
+def test_a_content_coding_we_cannot_read_fails_that_order_alone(
+    serve: Callable[[Script], HostileServer], connect: Callable[..., str], source: Path
+) -> None:
+    server = serve(kapture(raw(http_answer(body=b"\x00\x01 not json", headers=[("Content-Encoding", "x-custom")]))))
+
+    run = run_sync(source, connect(server))
+
     assert_o3_failed_alone(run, server, Cause.INVALID_HTTP)
 
 
@@ -425,6 +453,7 @@ def test_answer_sent_before_the_request_is_never_that_orders(
         assert hook.post_order(order_body("O2"), order_id="O2")["status"] == "success"
         o2_read.set()
         assert stray_sent.wait(30)
+        time.sleep(0.2)  # the kernel hands loopback bytes to the receiving socket a moment after sendall
         with pytest.raises(KaptureRejectedError, match="O3 is closed"):
             hook.post_order(order_body(HOSTILE), order_id=HOSTILE)
         assert hook.post_order(order_body("O5"), order_id="O5")["status"] == "success"
