@@ -34,10 +34,19 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loop
 class EmulatorProcess:
     """``kapture-emulator`` in a child process (``--no-record-bodies``), inspected over HTTP."""
 
-    def __init__(self, *, latency: float = 0.0, rate_limit: float | None = None, realtime: bool = False):
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        rate_limit: float | None = None,
+        realtime: bool = False,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+    ):
         self.latency = latency
         self.rate_limit = rate_limit
         self.realtime = realtime
+        self.tls = ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)] if tls_cert and tls_key else []
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -50,6 +59,7 @@ class EmulatorProcess:
         ]  # fmt: skip
         if self.rate_limit is not None:
             command += ["--rate-limit", str(self.rate_limit)]
+        command += self.tls
         self._process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, preexec_fn=_realtime_policy if self.realtime else None
         )
