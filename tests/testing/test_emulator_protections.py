@@ -119,14 +119,17 @@ def test_a_wildcard_bind_accepts_the_address_it_was_reached_at(session: requests
 
 
 def test_an_ipv6_loopback_bind_serves_its_bracketed_name(session: requests.Session) -> None:
+    emulator = KaptureEmulator(host="::1")
     try:
-        emulator = KaptureEmulator(host="::1").start()
+        emulator.start()
     except OSError:
         pytest.skip("this machine has no IPv6 loopback")
-    with emulator:
+    try:
         assert emulator.url == f"http://[::1]:{emulator.port}"
         assert session.post(emulator.url + ADD_UPDATE_PATH, json=ORDER, auth=AUTH).json()["status"] == "success"
         assert session.get(emulator.url + "/_emulator/stats").json()["stored"] == 1
+    finally:
+        emulator.stop()
 
 
 # -- the body's framing ----------------------------------------------------------------------------
