@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import socket
 from collections.abc import Iterator
@@ -65,7 +66,7 @@ def non_loopback_address() -> str | None:
         except OSError:
             return None
         address = str(probe.getsockname()[0])
-    return None if is_loopback(address) or address == "0.0.0.0" else address
+    return None if ipaddress.ip_address(address).is_loopback or address == "0.0.0.0" else address
 
 
 # -- the Host header -------------------------------------------------------------------------------
