@@ -92,7 +92,10 @@ class EmulatorProcess:
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url + "/_emulator/" + path, data=data, method="GET" if data is None else "POST"
+            self.url + "/_emulator/" + path,
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"Content-Type": "application/json"},
         )
         with _NO_PROXY.open(request, timeout=600) as response:
             return json.load(response)

@@ -10,6 +10,7 @@ under ``.demo/`` and is recreated each time.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -117,7 +118,10 @@ def show_results(url: str, warehouse: Path) -> None:
     step("What the emulator received and holds")
     stats = json.load(urllib.request.urlopen(f"{url}/_emulator/stats"))
     print(json.dumps(stats, indent=2))
-    order = json.load(urllib.request.urlopen(f"{url}/_emulator/orders/23500100"))
+    as_kapture = {"Authorization": "Basic " + base64.b64encode(b"kapture-user:kapture-password").decode()}
+    order = json.load(
+        urllib.request.urlopen(urllib.request.Request(f"{url}/_emulator/orders/23500100", headers=as_kapture))
+    )
     print("Order 23500100 as Kapture holds it now:")
     print(json.dumps(order, indent=2))
     step("The change ledger in the warehouse")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
 import inspect
@@ -30,6 +31,8 @@ EXAMPLE_TASK_ID = "sync_changed_orders"
 LEDGER_TABLE = "kapture_order_sync_ledger"
 ADD_UPDATE_PATH = "/ms/customer/order/api/v1/add-update"
 EMULATOR_USER, EMULATOR_PASSWORD = "kapture-user", "kapture-password"
+#: Kapture's credentials: the emulator shows stored orders' values only to a caller that has them.
+EMULATOR_AUTHORIZATION = "Basic " + base64.b64encode(f"{EMULATOR_USER}:{EMULATOR_PASSWORD}".encode()).decode()
 #: Small backoffs keep the matrix fast; the retry count and the classification are the real ones.
 FAST_BACKOFF = {"backoff_base": 0.01, "backoff_max": 0.05}
 
@@ -147,7 +150,10 @@ class EmulatorProcess:
     def _call(self, name: str, payload: Any = None) -> Any:
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(
-            f"{self.url}/_emulator/{name}", data=data, method="GET" if data is None else "POST"
+            f"{self.url}/_emulator/{name}",
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"Content-Type": "application/json", "Authorization": EMULATOR_AUTHORIZATION},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
