@@ -9,7 +9,7 @@ from typing import Any
 from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
 from kapture_provider.exceptions import KaptureError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import InvalidOrder, personal_values, prepare_order
+from kapture_provider.payload import InvalidOrder, NullValues, check_null_values, personal_values, prepare_order
 
 
 class UpdateOrderOperator(BaseOperator):
@@ -23,6 +23,8 @@ class UpdateOrderOperator(BaseOperator):
     :param kapture_conn_id: the Kapture connection.
     :param max_failed_orders: how many orders may fail or be invalid before the task fails (default 0).
     :param timezone: timezone datetimes are written in (``yyyy-MM-dd HH:mm:ss``).
+    :param null_values: what a ``None`` becomes: ``"omit"`` (default) leaves the field out of the body, so
+        Kapture keeps what it holds; ``"empty"`` sends ``""``, clearing the field (docs/null-values.md).
     :return: ``{"succeeded", "failed", "invalid", "orders": [{"order_id", "status", "error"}]}`` —
         order ids and reasons only, no personal data. Pushed to XCom even when the task fails.
     """
@@ -38,6 +40,7 @@ class UpdateOrderOperator(BaseOperator):
         kapture_conn_id: str = KaptureHook.default_conn_name,
         max_failed_orders: int = 0,
         timezone: str = "UTC",
+        null_values: NullValues = "omit",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -45,6 +48,7 @@ class UpdateOrderOperator(BaseOperator):
         self.kapture_conn_id = kapture_conn_id
         self.max_failed_orders = max_failed_orders
         self.timezone = timezone
+        self.null_values = check_null_values(null_values)
         self._invalid_at: dict[int, InvalidOrder] = {}  # found while rendering, by position
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
@@ -58,7 +62,7 @@ class UpdateOrderOperator(BaseOperator):
         _mask_personal_values(self.orders)
         for position, body in enumerate(_as_list(self.orders)):
             try:
-                prepare_order(body, self.timezone)
+                prepare_order(body, self.timezone, self.null_values)
             except InvalidOrder as err:
                 self._invalid_at[position] = err
         self.orders = _finite_only(self.orders)
@@ -96,7 +100,7 @@ class UpdateOrderOperator(BaseOperator):
         try:
             if position in self._invalid_at:
                 raise self._invalid_at[position]
-            order = prepare_order(body, self.timezone)
+            order = prepare_order(body, self.timezone, self.null_values)
         except InvalidOrder as err:
             self.log.warning("Order #%d (%s) is invalid, not sent: %s", position, order_id, err)
             return {"position": position, "order_id": order_id, "status": "invalid", "error": str(err)}

@@ -18,7 +18,7 @@ from kapture_provider.compat import (
 )
 from kapture_provider.exceptions import KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import ORDER_ID_PATH, MappingError
+from kapture_provider.payload import ORDER_ID_PATH, MappingError, NullValues, check_null_values
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.ledger import Ledger, LedgerNotSupported, parse_time
@@ -75,6 +75,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         row changes (default 3; ``None``: retry refused orders in every run).
     :param timezone: timezone datetimes are written in.
     :param row_mapper: optional callable ``row dict -> partial nested body`` merged over the columns.
+    :param null_values: what a NULL column becomes: ``"omit"`` (default) leaves the field out of the body, so
+        Kapture keeps what it holds; ``"empty"`` sends ``""``, clearing the field (docs/null-values.md).
     :param shard_index: with ``shard_count`` > 1, handle only orders whose stable hash
         (``kapture_provider.sync.engine.shard_of``) falls in this shard. Expand it over
         ``range(shard_count)`` with dynamic task mapping to spread one sync over several workers; each
@@ -119,6 +121,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         park_after_refusals: int | None = 3,
         timezone: str = "UTC",
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        null_values: NullValues = "omit",
         shard_index: int = 0,
         shard_count: int = 1,
         count_rows: bool = True,
@@ -146,6 +149,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.park_after_refusals = park_after_refusals
         self.timezone = timezone
         self.row_mapper = row_mapper
+        self.null_values = check_null_values(null_values)
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.count_rows = count_rows
@@ -186,6 +190,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             summary = engine.run(
                 columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
                 version_column=self.version_column, row_mapper=self.row_mapper, expected_rows=expected,
+                null_values=self.null_values,
             )  # fmt: skip
         except (KaptureSetupError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
