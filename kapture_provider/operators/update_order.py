@@ -9,6 +9,7 @@ from typing import Any
 from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
 from kapture_provider.exceptions import KaptureError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.metrics import RequestMetrics, emit_run, metrics_enabled, task_tags
 from kapture_provider.payload import InvalidOrder, NullValues, check_null_values, personal_values, prepare_order
 
 
@@ -71,7 +72,11 @@ class UpdateOrderOperator(BaseOperator):
         orders = _as_list(self.orders)
         hook = KaptureHook(self.kapture_conn_id)
         hook.check_settings()
+        metric_tags = task_tags(self.dag_id, self.task_id) if metrics_enabled() else None
+        if metric_tags is not None:
+            hook.metrics = RequestMetrics(metric_tags)
         outcomes: list[dict[str, Any]] = []
+        self._undelivered = 0
         try:
             for position, body in enumerate(orders):
                 outcomes.append(self._update_one(hook, position, body))
@@ -85,6 +90,12 @@ class UpdateOrderOperator(BaseOperator):
         }
         self.log.info("Kapture update: %d succeeded, %d failed, %d invalid",
                       summary["succeeded"], summary["failed"], summary["invalid"])  # fmt: skip
+        if metric_tags is not None:
+            emit_run(
+                metric_tags, requests=hook.requests_sent, delivered=summary["succeeded"],
+                refused=summary["failed"] - self._undelivered, undelivered=self._undelivered,
+                invalid=summary["invalid"],
+            )  # fmt: skip
         bad = summary["failed"] + summary["invalid"]
         if bad > self.max_failed_orders:
             context["ti"].xcom_push(key="return_value", value=summary)
@@ -110,6 +121,7 @@ class UpdateOrderOperator(BaseOperator):
             raise AirflowFailException(str(err)) from None  # retrying cannot fix credentials or TLS settings
         except KaptureError as err:
             self.log.warning("Order #%d failed: %s", position, err)
+            self._undelivered += err.retryable  # not refused: Kapture was down or overloaded
             return {
                 "position": position,
                 "order_id": order.order_id,

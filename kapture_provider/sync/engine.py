@@ -73,6 +73,7 @@ class SyncSummary:
     to_send: int = 0
     succeeded: int = 0  # every order delivered by this run (its own rows and earlier failures)
     failed: int = 0  # every order not delivered by this run (its own rows and earlier failures)
+    refused: int = 0  # of those failed: refused by Kapture (parked ones included); the others were transient
     retried: int = 0  # earlier failures (owed orders) resent by this run
     retried_delivered: int = 0
     retried_failed: int = 0
@@ -476,6 +477,7 @@ class OrderSync:
             summary.retried_delivered += owed
             return
         summary.failed += 1
+        summary.refused += not outcome.transient
         summary.retried_failed += owed
         summary.parked += outcome.status == PARKED
         if len(summary.failed_orders) < MAX_LISTED:

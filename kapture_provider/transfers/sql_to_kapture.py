@@ -18,6 +18,7 @@ from kapture_provider.compat import (
 )
 from kapture_provider.exceptions import KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.metrics import RequestMetrics, emit_owed, emit_run, metrics_enabled, task_tags
 from kapture_provider.payload import ORDER_ID_PATH, MappingError, NullValues, check_null_values
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
@@ -167,6 +168,9 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         )
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
         kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
+        metric_tags = self._metric_tags()
+        if metric_tags is not None:
+            kapture.metrics = RequestMetrics(metric_tags)
         if not self.is_dry_run:
             kapture.check_settings()
         engine = OrderSync(
@@ -202,6 +206,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if check:  # the rows the query returned before each order's newest one was kept
             summary.rows_read += check.folded
             summary.duplicates += check.folded
+        if metric_tags is not None:
+            self._emit_metrics(metric_tags, summary)
         result = self._report(context, summary, window)
         if window is not None and window.continues_the_schedule and not self.is_dry_run:
             ti = context["ti"]
@@ -271,6 +277,21 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if id_column is None:
             return sql, None  # the mapping reports the missing order id before anything is sent
         return newest_per_order(source, sql, id_column, self.version_column), id_column
+
+    def _metric_tags(self) -> dict[str, str] | None:
+        """The tags of this task's metrics, or None when Airflow's metrics are off or this is a dry run."""
+        if self.is_dry_run or not metrics_enabled():
+            return None
+        return task_tags(self.dag_id, self.task_id, self.shard_index if self.shard_count > 1 else None)
+
+    def _emit_metrics(self, tags: dict[str, str], summary: SyncSummary) -> None:
+        """This run's counters, and the ledger's owed orders as gauges."""
+        emit_run(
+            tags, requests=summary.requests, delivered=summary.succeeded, refused=summary.refused,
+            undelivered=summary.failed - summary.refused, invalid=summary.invalid, unchanged=summary.unchanged,
+            stale=summary.stale, parked=summary.parked,
+        )  # fmt: skip
+        emit_owed(tags, owed=summary.still_owed, oldest_owed_age=_age(summary.oldest_owed_since))
 
     def _report(self, context: Context, summary: SyncSummary, window: SyncWindow | None) -> dict[str, Any]:
         result = {**summary.as_dict(), "window": window.as_dict() if window else None}
