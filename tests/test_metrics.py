@@ -118,43 +118,63 @@ def airflow_cli(*args: str, env: dict[str, str]) -> str:
     return output
 
 
-def test_statsd_packets_count_what_kapture_received(
-    tmp_path: Path, kapture_conn: KaptureEmulator, statsd: StatsdListener, airflow_metadata_db: Path
-) -> None:
-    started = time.monotonic()
+@dataclass
+class ExampleSync:
+    """The README's SQLite warehouse and the example DAG files in ``tmp_path``, and the CLI's environment."""
+
+    warehouse: Path
+    hour: list[str]  # the valid orders of the interval [01:00, 02:00)
+    rows_in_hour: int
+    env: dict[str, str]
+
+
+def example_sync(tmp_path: Path, dag_files: dict[str, str] | None = None, **env: str) -> ExampleSync:
+    """Seed the warehouse, copy the example DAGs (and write ``dag_files``: name -> source) and
+    ``airflow dags reserialize`` them, with ``env`` set."""
     warehouse = tmp_path / "erp.db"
     subprocess.run([sys.executable, "-m", "kapture_provider.testing.warehouse", "--db", str(warehouse)], check=True)
+    window = "updated_at >= '2026-11-26 01:00:00' AND updated_at < '2026-11-26 02:00:00'"
     with sqlite3.connect(warehouse) as conn:
         hour = [
             order_id
             for (order_id,) in conn.execute(
-                "SELECT order_id FROM erp_orders WHERE customer_name <> '' AND updated_at >= '2026-11-26 01:00:00' "
-                "AND updated_at < '2026-11-26 02:00:00' ORDER BY order_id"
+                f"SELECT order_id FROM erp_orders WHERE customer_name <> '' AND {window} ORDER BY order_id"
             )
         ]
-        rows_in_hour = conn.execute(
-            "SELECT COUNT(*) FROM erp_orders WHERE updated_at >= '2026-11-26 01:00:00' "
-            "AND updated_at < '2026-11-26 02:00:00'"
-        ).fetchone()[0]
+        rows_in_hour = conn.execute(f"SELECT COUNT(*) FROM erp_orders WHERE {window}").fetchone()[0]
     conn.close()
-    kapture_conn.configure(retry_after=0)
-    for order_id, fault in zip(hour, (Fault.HTTP_429, Fault.HTTP_503, Fault.HTTP_500, Fault.FAILED_BODY), strict=False):
-        kapture_conn.script_for_order(order_id, fault)  # once each: the first three are delivered on a retry
     dags = tmp_path / "dags"
     dags.mkdir()
     for dag_file in (REPO / "dags").glob("*.py"):
         shutil.copy(dag_file, dags / dag_file.name)
-    env = {
+    for name, source in (dag_files or {}).items():
+        (dags / name).write_text(source)
+    cli_env = {
         **os.environ,
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW_CONN_ERP_WAREHOUSE": f'{{"conn_type": "sqlite", "host": "{warehouse}"}}',
-        "AIRFLOW__METRICS__STATSD_ON": "True",
-        "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
-        "AIRFLOW__METRICS__STATSD_PORT": str(statsd.port),
-        "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
-        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+        **env,
     }
-    airflow_cli("dags", "reserialize", env=env)
+    airflow_cli("dags", "reserialize", env=cli_env)
+    return ExampleSync(warehouse, hour, rows_in_hour, cli_env)
+
+
+def test_statsd_packets_count_what_kapture_received(
+    tmp_path: Path, kapture_conn: KaptureEmulator, statsd: StatsdListener, airflow_metadata_db: Path
+) -> None:
+    started = time.monotonic()
+    sync = example_sync(
+        tmp_path,
+        AIRFLOW__METRICS__STATSD_ON="True",
+        AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
+        AIRFLOW__METRICS__STATSD_PORT=str(statsd.port),
+        AIRFLOW__METRICS__STATSD_PREFIX="airflow",
+        AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED="True",
+    )
+    warehouse, hour, env = sync.warehouse, sync.hour, sync.env
+    kapture_conn.configure(retry_after=0)
+    for order_id, fault in zip(hour, (Fault.HTTP_429, Fault.HTTP_503, Fault.HTTP_500, Fault.FAILED_BODY), strict=False):
+        kapture_conn.script_for_order(order_id, fault)  # once each: the first three are delivered on a retry
     statsd.packets("airflow.")  # what parsing sent, if anything
 
     output = airflow_cli("dags", "test", "kapture_erp_order_sync", LOGICAL_DATE, env=env)
@@ -169,7 +189,7 @@ def test_statsd_packets_count_what_kapture_received(
         "airflow.kapture.requests": len(requests),
         "airflow.kapture.orders.delivered": len(kapture_conn.orders),
         "airflow.kapture.orders.refused": 1,
-        "airflow.kapture.orders.invalid": rows_in_hour - len(hour),
+        "airflow.kapture.orders.invalid": sync.rows_in_hour - len(hour),
         "airflow.kapture.answers.429": sum(r.status == 429 for r in requests),
         "airflow.kapture.answers.503": sum(r.status == 503 for r in requests),
         "airflow.kapture.retry_after_pauses": 2,

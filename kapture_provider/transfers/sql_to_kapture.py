@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -27,6 +27,9 @@ from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, ne
 from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, count_rows, describe, stream_rows, strip_sql
 from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 #: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
 _LOGGED_PROBLEMS = 20
@@ -151,6 +154,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.timezone = timezone
         self.row_mapper = row_mapper
         self.null_values = check_null_values(null_values)
+        self._run_summary: dict[str, Any] | None = None  # for OpenLineage, once the run has one
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.count_rows = count_rows
@@ -206,6 +210,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if check:  # the rows the query returned before each order's newest one was kept
             summary.rows_read += check.folded
             summary.duplicates += check.folded
+        self._run_summary = summary.as_dict()
         if metric_tags is not None:
             self._emit_metrics(metric_tags, summary)
         result = self._report(context, summary, window)
@@ -277,6 +282,28 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if id_column is None:
             return sql, None  # the mapping reports the missing order id before anything is sent
         return newest_per_order(source, sql, id_column, self.version_column), id_column
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """OpenLineage: the query's tables and the ledger read; the ledger and Kapture's orders written."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the run's counts and ``outputStatistics.rowCount`` = orders delivered."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        """As on complete: a failed run has counts too when it got as far as its summary."""
+        return self._lineage()
+
+    def _lineage(self) -> OperatorLineage:
+        from kapture_provider.lineage import sync_lineage  # only with the OpenLineage provider installed
+
+        source = _db_hook(self.sql_conn_id)
+        return sync_lineage(
+            sql=strip_sql(self.sql), source=source,
+            ledger=_db_hook(self.ledger_conn_id) if self.ledger_conn_id else source, ledger_table=self.ledger_table,
+            kapture_conn_id=self.kapture_conn_id, summary=self._run_summary,
+        )  # fmt: skip
 
     def _metric_tags(self) -> dict[str, str] | None:
         """The tags of this task's metrics, or None when Airflow's metrics are off or this is a dry run."""
