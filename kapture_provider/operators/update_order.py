@@ -55,6 +55,7 @@ class UpdateOrderOperator(BaseOperator):
         self.null_values = check_null_values(null_values)
         self._invalid_at: dict[int, InvalidOrder] = {}  # found while rendering, by position
         self._run_summary: dict[str, Any] | None = None  # for OpenLineage, once the run has one
+        self._undelivered = 0  # of the failed orders, those that failed transiently (for the metrics)
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         """Render as usual, then make the rendered ``orders`` safe to store and show.
@@ -80,7 +81,6 @@ class UpdateOrderOperator(BaseOperator):
         if metric_tags is not None:
             hook.metrics = RequestMetrics(metric_tags)
         outcomes: list[dict[str, Any]] = []
-        self._undelivered = 0
         try:
             for position, body in enumerate(orders):
                 outcomes.append(self._update_one(hook, position, body))
