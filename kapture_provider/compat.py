@@ -21,6 +21,8 @@ from airflow.providers.common.compat.sdk import (
     Connection,
     Context,
     Param,
+    Stats,
+    conf,
     mask_secret,
     redact,
 )
@@ -62,6 +64,8 @@ __all__ = [
     "Context",
     "CronDataIntervalTimetable",
     "Param",
+    "Stats",
+    "conf",
     "make_asset",
     "mask_secret",
     "redact",

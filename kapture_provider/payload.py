@@ -10,6 +10,8 @@ and ``order_info``. A flat row reaches them by column name:
 
 Values are rendered the same way for both operators (see :func:`render_value`), validated with a
 reason naming the field, and encoded into canonical JSON bytes whose hash drives change detection.
+A NULL (``None``) is left out of the body by default, so that Kapture keeps what it holds, or sent as
+``""``, clearing the field (``null_values``; see docs/null-values.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, cast
 
 import pendulum
 
@@ -59,6 +61,12 @@ PERSONAL_FIELDS = frozenset(
     {"customer_name", "phone", "email_id", "address", "first_name", "last_name", "contact_person_name",
      "contact_person_phone", "contact_person_email", "additional_contact_phone", "dob"}
 )  # fmt: skip
+
+#: What a NULL becomes: "omit" leaves the field out of the body (Kapture keeps its value), "empty" sends "".
+NullValues = Literal["omit", "empty"]
+NULL_VALUES: tuple[NullValues, ...] = ("omit", "empty")
+#: Never left out: a NULL here makes the order invalid, with the reason naming the field.
+MANDATORY_PATHS = frozenset({ORDER_ID_PATH, CUSTOMER_NAME_PATH})
 
 #: Longer order ids are refused: the change ledger keys orders by a VARCHAR(255).
 MAX_ORDER_ID_LENGTH = 255
@@ -108,10 +116,30 @@ def personal_values(body: Any) -> list[str]:
     return found
 
 
+def check_null_values(null_values: str) -> NullValues:
+    """``null_values`` if it is one of :data:`NULL_VALUES`, else a ``ValueError`` saying what each one does."""
+    if null_values not in NULL_VALUES:
+        raise ValueError(
+            f"null_values must be 'omit' (a NULL field is left out of the body: Kapture keeps its value) or "
+            f"'empty' (a NULL is sent as \"\": Kapture clears the field), got {null_values!r}"
+        )
+    return cast(NullValues, null_values)
+
+
+def without_nulls(value: Any) -> Any:
+    """A mapping or list without its ``None`` values and items, at any depth; other values as they are."""
+    if isinstance(value, Mapping):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [without_nulls(v) for v in value if v is not None]
+    return value
+
+
 def render_value(value: Any, field: str, timezone: str = "UTC") -> Any:
     """Render one value the way Kapture expects it.
 
-    ``None`` → ``""`` (Kapture's own "no value"); aware datetimes → converted to ``timezone`` and
+    ``None`` → ``""`` (Kapture's own "no value"; under ``null_values="omit"`` the callers leave it out
+    first, see :func:`without_nulls`); aware datetimes → converted to ``timezone`` and
     written ``yyyy-MM-dd HH:mm:ss`` (naive ones are taken to be in ``timezone`` already); dates →
     ``yyyy-MM-dd``; times → ``HH:mm:ss``; ``Decimal`` → an exact JSON number; UUID → text; dicts and
     lists recursively. NaN, ±Infinity, bytes, lone surrogates and other types are refused.
@@ -275,10 +303,15 @@ def finish_order(body: dict[str, Any]) -> PreparedOrder:
     return PreparedOrder(order_id, data, hashlib.sha256(data).hexdigest())
 
 
-def prepare_order(body: Mapping[str, Any], timezone: str = "UTC") -> PreparedOrder:
-    """Validate and encode one hand-written order body in the documented nested shape."""
+def prepare_order(body: Mapping[str, Any], timezone: str = "UTC", null_values: NullValues = "omit") -> PreparedOrder:
+    """Validate and encode one hand-written order body in the documented nested shape.
+
+    ``null_values``: ``"omit"`` leaves every ``None`` out of the body, ``"empty"`` sends it as ``""``.
+    """
     if not isinstance(body, Mapping):
         raise InvalidOrder("order", f"an order body must be a mapping, got {type(body).__name__}")
+    if check_null_values(null_values) == "omit":
+        body = without_nulls(body)
     rendered = {str(k): render_value(v, str(k), timezone) for k, v in body.items()}
     return finish_order(rendered)
 
@@ -336,6 +369,9 @@ class OrderMapper:
     :param row_mapper: optional callable that receives the row as a dict (control columns included) and
         returns a partial nested body, merged over what the columns give. For mappings column names
         cannot express (computed fields, several contacts from one row…).
+    :param null_values: ``"omit"`` leaves a NULL column (and ``None`` inside values and in what
+        ``row_mapper`` returns) out of the body; ``"empty"`` sends it as ``""``. The mandatory order id
+        and customer name are never left out: a NULL there makes the row invalid.
     """
 
     def __init__(
@@ -344,10 +380,12 @@ class OrderMapper:
         *,
         timezone: str = "UTC",
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        null_values: NullValues = "omit",
     ):
         self.columns = list(columns)
         self.timezone = timezone
         self.row_mapper = row_mapper
+        self._omit_nulls = check_null_values(null_values) == "omit"
         duplicates = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if duplicates:
             raise MappingError(f"duplicate column names {duplicates}; give each column its own alias")
@@ -377,10 +415,14 @@ class OrderMapper:
     def prepare(self, row: Sequence[Any]) -> PreparedOrder:
         """Build, validate and encode the order of one row; raises :class:`InvalidOrder`."""
         body: dict[str, Any] = {}
-        tz = self.timezone
+        tz, omit_nulls = self.timezone, self._omit_nulls
         for column, path, section_name, index, parents, key in self._plan:
             value = row[column]
             if type(value) is not str or not value.isascii():  # ASCII text, the commonest value, is sent as it is
+                if omit_nulls:
+                    if value is None and path not in MANDATORY_PATHS:
+                        continue
+                    value = without_nulls(value)
                 value = render_value(value, path, tz)
             section = body.get(section_name)
             if index is None:
@@ -400,6 +442,8 @@ class OrderMapper:
             holder[key] = value
         if self.row_mapper is not None:
             extra = self.row_mapper(dict(zip(self.columns, row, strict=True)))
+            if omit_nulls:
+                extra = without_nulls(extra)
             _merge(body, {str(k): render_value(v, str(k), tz) for k, v in extra.items()})
         if not self._sets_update_flag and isinstance(body.get("order_info"), dict):
             body["order_info"].setdefault("update", True)

@@ -14,6 +14,7 @@ from kapture_provider.payload import (
     InvalidOrder,
     MappingError,
     OrderMapper,
+    check_null_values,
     encode_json,
     prepare_order,
     render_order_id,
@@ -67,9 +68,78 @@ def test_date_and_time() -> None:
     assert render_value(dt.time(8, 9, 10), "f") == "08:09:10"
 
 
-def test_none_becomes_empty_string() -> None:
+def test_none_becomes_empty_string_under_empty() -> None:
     assert render_value(None, "f") == ""
-    assert decoded(prepare_order(minimal(invoice_no=None)).data)["order_info"]["invoice_no"] == ""
+    body = decoded(prepare_order(minimal(invoice_no=None), null_values="empty").data)
+    assert body["order_info"]["invoice_no"] == ""
+
+
+def test_none_left_out_at_any_depth_under_omit_the_default() -> None:
+    body = minimal(invoice_no=None, associate_fields={"a": None, "b": [1, None, {"c": None, "d": 2}]})
+
+    sent = decoded(prepare_order(body).data)
+
+    assert sent["order_info"] == {"order_id": "1", "associate_fields": {"b": [1, {"d": 2}]}}
+    assert body["order_info"]["invoice_no"] is None  # the caller's body is left as it was
+
+
+@pytest.mark.parametrize("null_values", ["omit", "empty"])
+def test_null_mandatory_fields_make_the_order_invalid_under_both_policies(null_values: Any) -> None:
+    mapper = OrderMapper(["order_id", "customer_name", "invoice_no"], null_values=null_values)
+
+    with pytest.raises(InvalidOrder, match=r"^order_info\.order_id: is missing or empty"):
+        mapper.prepare([None, "Ann Example", "INV-1"])
+    with pytest.raises(InvalidOrder, match=r"^customer_info\.customer_name: is missing or empty"):
+        mapper.prepare(["1", None, "INV-1"])
+
+
+def test_mapper_null_columns_left_out_or_sent_empty() -> None:
+    columns = ["order_id", "customer_name", "phone", "invoice_no", "contact_info.contact_person_email",
+               "order_info.associate_fields.gst"]  # fmt: skip
+    row = ["1", "Ann Example", None, "INV-1", None, {"rate": None, "code": "X"}]
+
+    omitted = decoded(OrderMapper(columns).prepare(row).data)
+    emptied = decoded(OrderMapper(columns, null_values="empty").prepare(row).data)
+
+    assert omitted == {
+        "customer_info": {"customer_name": "Ann Example"},
+        "order_info": {
+            "order_id": "1",
+            "invoice_no": "INV-1",
+            "associate_fields": {"gst": {"code": "X"}},
+            "update": True,
+        },
+    }
+    assert emptied["customer_info"] == {"customer_name": "Ann Example", "phone": ""}
+    assert emptied["contact_info"] == [{"contact_person_email": ""}]
+    assert emptied["order_info"]["associate_fields"] == {"gst": {"rate": "", "code": "X"}}
+
+
+def test_mapper_row_mapper_nulls_follow_the_policy() -> None:
+    columns = ["order_id", "customer_name", "invoice_no"]
+
+    def mapper_output(row: dict[str, Any]) -> dict[str, Any]:
+        return {"order_info": {"invoice_no": None, "remarks": None}}
+
+    omitted = decoded(OrderMapper(columns, row_mapper=mapper_output).prepare(["1", "Ann", "INV-1"]).data)
+    emptied = OrderMapper(columns, row_mapper=mapper_output, null_values="empty").prepare(["1", "Ann", "INV-1"])
+
+    assert omitted["order_info"] == {"order_id": "1", "invoice_no": "INV-1", "update": True}
+    assert decoded(emptied.data)["order_info"] == {"order_id": "1", "invoice_no": "", "remarks": "", "update": True}
+
+
+def test_a_value_turning_null_changes_the_body_hash_under_omit() -> None:
+    mapper = OrderMapper(["order_id", "customer_name", "invoice_no"])
+
+    assert mapper.prepare(["1", "Ann", "INV-1"]).body_hash != mapper.prepare(["1", "Ann", None]).body_hash
+
+
+@pytest.mark.parametrize("bad", ["skip", "", None, "Omit"])
+def test_unknown_null_values_refused_naming_the_choices(bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"null_values must be 'omit' .* or 'empty' .*got"):
+        check_null_values(bad)
+    with pytest.raises(ValueError, match="null_values must be"):
+        OrderMapper(["order_id"], null_values=bad)
 
 
 def test_scalars_kept_and_uuid_as_text() -> None:
@@ -154,7 +224,7 @@ def test_nested_dicts_and_lists_in_associate_fields() -> None:
     rendered = decoded(prepare_order(body).data)["order_info"]["associate_fields"]
 
     assert rendered == {
-        "outer": {"inner": {"when": "2024-05-06", "amount": Decimal("9.99"), "none": ""}},
+        "outer": {"inner": {"when": "2024-05-06", "amount": Decimal("9.99")}},
         "tags": ["a", 1, "2024-05-06 01:02:03"],
     }
 

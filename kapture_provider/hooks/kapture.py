@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kapture_provider.compat import AirflowFailException, BaseHook, mask_secret
@@ -30,6 +30,9 @@ from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_tr
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, Transport, TransportError
 from kapture_provider.payload import personal_values, prepare_order
+
+if TYPE_CHECKING:
+    from kapture_provider.metrics import RequestMetrics
 
 ORDER_PATH = "/ms/customer/order/api/v1/add-update"
 #: Kapture's read-only order search; ``test_connection`` uses it so the Test button never writes.
@@ -168,6 +171,7 @@ class KaptureHook(BaseHook):
         self._lock = threading.Lock()
         self.requests_sent = 0
         self._transport: Transport | None = None
+        self.metrics: RequestMetrics | None = None  # set by an operator when Airflow's metrics are on
 
     @cached_property
     def settings(self) -> KaptureSettings:
@@ -307,6 +311,8 @@ class KaptureHook(BaseHook):
                     ) from None
                 if retry.retry_after is not None:
                     self.throttle.pause(retry.retry_after)  # every thread of this hook waits
+                    if self.metrics is not None:
+                        self.metrics.paused(retry.retry_after)
                 else:
                     cap = min(settings.backoff_max, settings.backoff_base * 2**attempt)
                     time.sleep(self._random.uniform(0, cap))  # exponential backoff, full jitter
@@ -323,13 +329,20 @@ class KaptureHook(BaseHook):
             answer = transport.post(path, data)
         except TransportError as err:
             self.throttle.observe(None, time.monotonic() - sent_at)
+            self._measured(None, sent_at)
             text = self.settings.secrets.redact(f"{_prefix(order_id)}{err}")
             if err.permanent:  # TLS trust, client certificate, proxy credentials: settings to change
                 raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
             raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
         self.throttle.observe(answer.status, time.monotonic() - sent_at)
+        self._measured(answer.status, sent_at)
         subject = f"order {order_id}: Kapture" if order_id else transport.host
         return _classify(answer, order_id, data, subject, self.settings.secrets)
+
+    def _measured(self, status: int | None, sent_at: float) -> None:
+        """Report one request's answer and latency to the metrics, if an operator turned them on."""
+        if self.metrics is not None:
+            self.metrics.answered(status, time.monotonic() - sent_at)
 
     def close(self) -> None:
         """Close the pooled connections."""

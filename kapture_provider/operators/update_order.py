@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
 from kapture_provider.exceptions import KaptureError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import InvalidOrder, personal_values, prepare_order
+from kapture_provider.metrics import RequestMetrics, emit_run, metrics_enabled, task_tags
+from kapture_provider.payload import InvalidOrder, NullValues, check_null_values, personal_values, prepare_order
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 
 class UpdateOrderOperator(BaseOperator):
@@ -23,6 +27,8 @@ class UpdateOrderOperator(BaseOperator):
     :param kapture_conn_id: the Kapture connection.
     :param max_failed_orders: how many orders may fail or be invalid before the task fails (default 0).
     :param timezone: timezone datetimes are written in (``yyyy-MM-dd HH:mm:ss``).
+    :param null_values: what a ``None`` becomes: ``"omit"`` (default) leaves the field out of the body, so
+        Kapture keeps what it holds; ``"empty"`` sends ``""``, clearing the field (docs/null-values.md).
     :return: ``{"succeeded", "failed", "invalid", "orders": [{"order_id", "status", "error"}]}`` —
         order ids and reasons only, no personal data. Pushed to XCom even when the task fails.
     """
@@ -38,6 +44,7 @@ class UpdateOrderOperator(BaseOperator):
         kapture_conn_id: str = KaptureHook.default_conn_name,
         max_failed_orders: int = 0,
         timezone: str = "UTC",
+        null_values: NullValues = "omit",
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -45,7 +52,10 @@ class UpdateOrderOperator(BaseOperator):
         self.kapture_conn_id = kapture_conn_id
         self.max_failed_orders = max_failed_orders
         self.timezone = timezone
+        self.null_values = check_null_values(null_values)
         self._invalid_at: dict[int, InvalidOrder] = {}  # found while rendering, by position
+        self._run_summary: dict[str, Any] | None = None  # for OpenLineage, once the run has one
+        self._undelivered = 0  # of the failed orders, those that failed transiently (for the metrics)
 
     def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
         """Render as usual, then make the rendered ``orders`` safe to store and show.
@@ -58,7 +68,7 @@ class UpdateOrderOperator(BaseOperator):
         _mask_personal_values(self.orders)
         for position, body in enumerate(_as_list(self.orders)):
             try:
-                prepare_order(body, self.timezone)
+                prepare_order(body, self.timezone, self.null_values)
             except InvalidOrder as err:
                 self._invalid_at[position] = err
         self.orders = _finite_only(self.orders)
@@ -67,6 +77,9 @@ class UpdateOrderOperator(BaseOperator):
         orders = _as_list(self.orders)
         hook = KaptureHook(self.kapture_conn_id)
         hook.check_settings()
+        metric_tags = task_tags(self.dag_id, self.task_id) if metrics_enabled() else None
+        if metric_tags is not None:
+            hook.metrics = RequestMetrics(metric_tags)
         outcomes: list[dict[str, Any]] = []
         try:
             for position, body in enumerate(orders):
@@ -79,8 +92,15 @@ class UpdateOrderOperator(BaseOperator):
             "invalid": sum(o["status"] == "invalid" for o in outcomes),
             "orders": outcomes,
         }
+        self._run_summary = summary
         self.log.info("Kapture update: %d succeeded, %d failed, %d invalid",
                       summary["succeeded"], summary["failed"], summary["invalid"])  # fmt: skip
+        if metric_tags is not None:
+            emit_run(
+                metric_tags, requests=hook.requests_sent, delivered=summary["succeeded"],
+                refused=summary["failed"] - self._undelivered, undelivered=self._undelivered,
+                invalid=summary["invalid"],
+            )  # fmt: skip
         bad = summary["failed"] + summary["invalid"]
         if bad > self.max_failed_orders:
             context["ti"].xcom_push(key="return_value", value=summary)
@@ -91,12 +111,29 @@ class UpdateOrderOperator(BaseOperator):
             )
         return summary
 
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """OpenLineage: Kapture's orders written."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the counts and ``outputStatistics.rowCount`` = orders delivered."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        """As on complete."""
+        return self._lineage()
+
+    def _lineage(self) -> OperatorLineage:
+        from kapture_provider.lineage import update_lineage  # only with the OpenLineage provider installed
+
+        return update_lineage(kapture_conn_id=self.kapture_conn_id, summary=self._run_summary)
+
     def _update_one(self, hook: KaptureHook, position: int, body: Any) -> dict[str, Any]:
         order_id = _order_id_of(body)
         try:
             if position in self._invalid_at:
                 raise self._invalid_at[position]
-            order = prepare_order(body, self.timezone)
+            order = prepare_order(body, self.timezone, self.null_values)
         except InvalidOrder as err:
             self.log.warning("Order #%d (%s) is invalid, not sent: %s", position, order_id, err)
             return {"position": position, "order_id": order_id, "status": "invalid", "error": str(err)}
@@ -106,6 +143,7 @@ class UpdateOrderOperator(BaseOperator):
             raise AirflowFailException(str(err)) from None  # retrying cannot fix credentials or TLS settings
         except KaptureError as err:
             self.log.warning("Order #%d failed: %s", position, err)
+            self._undelivered += err.retryable  # not refused: Kapture was down or overloaded
             return {
                 "position": position,
                 "order_id": order.order_id,

@@ -34,7 +34,14 @@ from typing import Any, NamedTuple
 
 from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import ORDER_ID_PATH, InvalidOrder, OrderMapper, PreparedOrder, render_order_id
+from kapture_provider.payload import (
+    ORDER_ID_PATH,
+    InvalidOrder,
+    NullValues,
+    OrderMapper,
+    PreparedOrder,
+    render_order_id,
+)
 from kapture_provider.sync.ledger import (
     DELIVERED,
     FAILED,
@@ -66,6 +73,7 @@ class SyncSummary:
     to_send: int = 0
     succeeded: int = 0  # every order delivered by this run (its own rows and earlier failures)
     failed: int = 0  # every order not delivered by this run (its own rows and earlier failures)
+    refused: int = 0  # of those failed: refused by Kapture (parked ones included); the others were transient
     retried: int = 0  # earlier failures (owed orders) resent by this run
     retried_delivered: int = 0
     retried_failed: int = 0
@@ -204,14 +212,16 @@ class OrderSync:
         version_column: str | None = None,
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
         expected_rows: int | None = None,
+        null_values: NullValues = "omit",
     ) -> SyncSummary:
         """Sync every row of ``chunks`` (rows shaped like ``columns``), then retry earlier failures.
 
-        ``expected_rows``, when known, lets progress lines show how far the run is and an ETA.
+        ``expected_rows``, when known, lets progress lines show how far the run is and an ETA;
+        ``null_values`` is what a NULL column becomes (see :class:`~kapture_provider.payload.OrderMapper`).
         """
         self._expected_rows = expected_rows
         self._started = time.monotonic()  # the timing leaves out what the operator did before (COUNT, say)
-        mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper)
+        mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper, null_values=null_values)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
         if self.shard and id_index is None:
@@ -467,6 +477,7 @@ class OrderSync:
             summary.retried_delivered += owed
             return
         summary.failed += 1
+        summary.refused += not outcome.transient
         summary.retried_failed += owed
         summary.parked += outcome.status == PARKED
         if len(summary.failed_orders) < MAX_LISTED:

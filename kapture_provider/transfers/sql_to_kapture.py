@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
@@ -18,7 +18,8 @@ from kapture_provider.compat import (
 )
 from kapture_provider.exceptions import KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
-from kapture_provider.payload import ORDER_ID_PATH, MappingError
+from kapture_provider.metrics import RequestMetrics, emit_owed, emit_run, metrics_enabled, task_tags
+from kapture_provider.payload import ORDER_ID_PATH, MappingError, NullValues, check_null_values
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.ledger import Ledger, LedgerNotSupported, parse_time
@@ -26,6 +27,9 @@ from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, ne
 from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, count_rows, describe, stream_rows, strip_sql
 from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 #: Failed and invalid orders listed in the task log at the end of a run (the summary lists more).
 _LOGGED_PROBLEMS = 20
@@ -75,6 +79,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         row changes (default 3; ``None``: retry refused orders in every run).
     :param timezone: timezone datetimes are written in.
     :param row_mapper: optional callable ``row dict -> partial nested body`` merged over the columns.
+    :param null_values: what a NULL column becomes: ``"omit"`` (default) leaves the field out of the body, so
+        Kapture keeps what it holds; ``"empty"`` sends ``""``, clearing the field (docs/null-values.md).
     :param shard_index: with ``shard_count`` > 1, handle only orders whose stable hash
         (``kapture_provider.sync.engine.shard_of``) falls in this shard. Expand it over
         ``range(shard_count)`` with dynamic task mapping to spread one sync over several workers; each
@@ -119,6 +125,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         park_after_refusals: int | None = 3,
         timezone: str = "UTC",
         row_mapper: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
+        null_values: NullValues = "omit",
         shard_index: int = 0,
         shard_count: int = 1,
         count_rows: bool = True,
@@ -146,6 +153,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.park_after_refusals = park_after_refusals
         self.timezone = timezone
         self.row_mapper = row_mapper
+        self.null_values = check_null_values(null_values)
+        self._run_summary: dict[str, Any] | None = None  # for OpenLineage, once the run has one
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.count_rows = count_rows
@@ -163,6 +172,9 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         )
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
         kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
+        metric_tags = self._metric_tags()
+        if metric_tags is not None:
+            kapture.metrics = RequestMetrics(metric_tags)
         if not self.is_dry_run:
             kapture.check_settings()
         engine = OrderSync(
@@ -186,6 +198,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             summary = engine.run(
                 columns, check.checked(chunks) if check else chunks, timezone=self.timezone,
                 version_column=self.version_column, row_mapper=self.row_mapper, expected_rows=expected,
+                null_values=self.null_values,
             )  # fmt: skip
         except (KaptureSetupError, MappingError, SourceInconsistency, LedgerNotSupported) as err:
             raise AirflowFailException(str(err)) from None  # Airflow retries cannot fix these
@@ -197,6 +210,9 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if check:  # the rows the query returned before each order's newest one was kept
             summary.rows_read += check.folded
             summary.duplicates += check.folded
+        self._run_summary = summary.as_dict()
+        if metric_tags is not None:
+            self._emit_metrics(metric_tags, summary)
         result = self._report(context, summary, window)
         if window is not None and window.continues_the_schedule and not self.is_dry_run:
             ti = context["ti"]
@@ -266,6 +282,43 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if id_column is None:
             return sql, None  # the mapping reports the missing order id before anything is sent
         return newest_per_order(source, sql, id_column, self.version_column), id_column
+
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """OpenLineage: the query's tables and the ledger read; the ledger and Kapture's orders written."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """As on start, with the run's counts and ``outputStatistics.rowCount`` = orders delivered."""
+        return self._lineage()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        """As on complete: a failed run has counts too when it got as far as its summary."""
+        return self._lineage()
+
+    def _lineage(self) -> OperatorLineage:
+        from kapture_provider.lineage import sync_lineage  # only with the OpenLineage provider installed
+
+        source = _db_hook(self.sql_conn_id)
+        return sync_lineage(
+            sql=strip_sql(self.sql), source=source,
+            ledger=_db_hook(self.ledger_conn_id) if self.ledger_conn_id else source, ledger_table=self.ledger_table,
+            kapture_conn_id=self.kapture_conn_id, summary=self._run_summary,
+        )  # fmt: skip
+
+    def _metric_tags(self) -> dict[str, str] | None:
+        """The tags of this task's metrics, or None when Airflow's metrics are off or this is a dry run."""
+        if self.is_dry_run or not metrics_enabled():
+            return None
+        return task_tags(self.dag_id, self.task_id, self.shard_index if self.shard_count > 1 else None)
+
+    def _emit_metrics(self, tags: dict[str, str], summary: SyncSummary) -> None:
+        """This run's counters, and the ledger's owed orders as gauges."""
+        emit_run(
+            tags, requests=summary.requests, delivered=summary.succeeded, refused=summary.refused,
+            undelivered=summary.failed - summary.refused, invalid=summary.invalid, unchanged=summary.unchanged,
+            stale=summary.stale, parked=summary.parked,
+        )  # fmt: skip
+        emit_owed(tags, owed=summary.still_owed, oldest_owed_age=_age(summary.oldest_owed_since))
 
     def _report(self, context: Context, summary: SyncSummary, window: SyncWindow | None) -> dict[str, Any]:
         result = {**summary.as_dict(), "window": window.as_dict() if window else None}

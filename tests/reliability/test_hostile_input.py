@@ -303,7 +303,7 @@ def names_the_field(error: InvalidOrder, expected_path: str) -> bool:
 # mapping, validation and encoding (no I/O: many examples)
 # --------------------------------------------------------------------------------------------------
 
-MAPPER = OrderMapper(COLUMNS)
+MAPPER = OrderMapper(COLUMNS, null_values="empty")  # every value rendered, NULLs as ""
 
 
 @settings(
@@ -445,8 +445,12 @@ def test_sync_engine_accounts_for_every_hostile_row_once(engine_env: Any, batch:
     ledger = Ledger(SqliteHook(sqlite_conn_id="erp_warehouse"), table)
     hook = KaptureHook(max_requests_per_second=2000)
     try:
-        summary = OrderSync(hook, ledger, max_concurrency=4).run(list(COLUMNS), [batch], version_column="_version")
-        again = OrderSync(hook, ledger, max_concurrency=4).run(list(COLUMNS), [batch], version_column="_version")
+        summary = OrderSync(hook, ledger, max_concurrency=4).run(
+            list(COLUMNS), [batch], version_column="_version", null_values="empty"
+        )
+        again = OrderSync(hook, ledger, max_concurrency=4).run(
+            list(COLUMNS), [batch], version_column="_version", null_values="empty"
+        )
     finally:
         hook.close()
         ledger.close()
