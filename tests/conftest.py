@@ -1,4 +1,9 @@
-"""Shared test fixtures.
+"""Shared test fixtures, and the test tiers.
+
+Every test has a tier (the markers registered in pyproject.toml): ``unit`` (no servers), ``integration``
+(PostgreSQL, MariaDB or a proxy) or ``system`` (a real scheduler, Celery workers or a browser). A module
+says which with ``pytestmark``; ``tests/sync`` mixes SQLite and server warehouses in one module, so a test
+there without one is tiered by its fixtures (see :func:`pytest_collection_modifyitems`).
 
 Airflow reads ``AIRFLOW_HOME`` and the metadata database URL when it is first imported, so an isolated,
 throw-away Airflow home is configured here at conftest import time (before any test module imports
@@ -122,9 +127,37 @@ def _start_metadata_db_migration() -> subprocess.Popen[str]:
     return _migration
 
 
+TIERS = ("unit", "integration", "system")
+#: Fixtures that need a database server, and the server they need.
+SERVER_FIXTURES = {"postgres_schema": "PostgreSQL", "mariadb_database": "MariaDB", "scaleout_databases": "PostgreSQL"}
+#: Directories whose modules mix tiers: an unmarked test there is ``integration`` when it uses a server fixture.
+TIERED_BY_FIXTURES = (Path(__file__).parent / "sync",)
+
+
+def assign_tier(item: pytest.Item) -> str | None:
+    """Check ``item``'s tier, or give it one from its fixtures (in :data:`TIERED_BY_FIXTURES`); a problem or None."""
+    servers = sorted({SERVER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_FIXTURES})
+    tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+    if tiers == {"unit"} and servers:
+        return f"{item.nodeid} is marked unit but needs {' and '.join(servers)}: mark it integration"
+    if not tiers:
+        if not any(item.path.is_relative_to(folder) for folder in TIERED_BY_FIXTURES):
+            return f"{item.nodeid} has no tier: add pytestmark = pytest.mark.unit (or integration, system)"
+        item.add_marker(pytest.mark.integration if servers else pytest.mark.unit)
+    return None
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Migrate the metadata DB in the background while the DB-free tests run, if any test will need it."""
-    if any(_METADATA_DB_FIXTURE in getattr(item, "fixturenames", ()) for item in items):
+    """Give every test its tier (or stop, naming the tests without one); then, if any selected test needs the
+    metadata DB, migrate it in the background while the DB-free tests run."""
+    problems = [problem for item in items if (problem := assign_tier(item))]
+    if problems:
+        raise pytest.UsageError("test tiers:\n  " + "\n  ".join(problems))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(_METADATA_DB_FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
         _start_metadata_db_migration()
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from kapture_provider.hooks.http_answer import RawAnswer, read_answer
 
+pytestmark = pytest.mark.unit
+
 JSON = b'{"status": true, "message": "Order updated"}'
 
 
