@@ -2,7 +2,7 @@
 
     python compat/matrix.py lock  [SERIES ...]   # recompile compat/locks/airflow-SERIES.txt (needs PyPI)
     python compat/matrix.py run   [SERIES ...]   # a fresh venv per series from its lock, the tests, a result file
-    python compat/matrix.py table                # the README's supported-versions table, from compat/results/
+    python compat/matrix.py table                # docs/supported-versions.md's table, from compat/results/
 
 SERIES is an Airflow minor line (``2.11``, ``3.0``, …); none given means all of :data:`SERIES`.
 
@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOCKS = REPO / "compat" / "locks"
 RESULTS = REPO / "compat" / "results"
 VENVS = REPO / ".compat"
-README = REPO / "README.md"
+VERSIONS_PAGE = REPO / "docs" / "supported-versions.md"
 PYTHON_VERSION = "3.11"
 
 
@@ -185,7 +185,7 @@ TABLE_END = "<!-- /supported-versions -->"
 
 
 def table() -> str:
-    """The README's supported-versions table, from the result files of the last matrix run."""
+    """The supported-versions table, from the result files of the last matrix run."""
     rows = [
         "| Airflow | libraries as of | common-compat | tests passed | skipped | failed | `airflow dags test` "
         "| connection form in the UI | result |",
@@ -210,12 +210,13 @@ def table() -> str:
 
 
 def write_table() -> None:
-    text = README.read_text()
+    text = VERSIONS_PAGE.read_text()
     pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    page = VERSIONS_PAGE.relative_to(REPO)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {TABLE_START!r} … {TABLE_END!r} block")
-    README.write_text(pattern.sub(lambda _: table(), text))
-    print("README.md: supported-versions table updated")
+        raise SystemExit(f"{page} has no {TABLE_START!r} … {TABLE_END!r} block")
+    VERSIONS_PAGE.write_text(pattern.sub(lambda _: table(), text))
+    print(f"{page}: supported-versions table updated")
 
 
 def main() -> int:
