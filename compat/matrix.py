@@ -4,17 +4,10 @@
     python compat/matrix.py run   [SERIES ...]   # a fresh venv per series from its lock, the tests, a result file
     python compat/matrix.py table                # docs/supported-versions.md's table, from compat/results/
 
-SERIES is an Airflow minor line (``2.11``, ``3.0``, …); none given means all of :data:`SERIES`.
-
-How dependencies are capped: Airflow's own constraint files (on GitHub, not reachable here) pin every
-library as it was on the release day, and users install providers newer than the release with the
-"no-providers" constraints. :func:`lock` does the same with uv: ``--exclude-newer`` the day after the
-Airflow release for everything, except the ``apache-airflow-providers-*`` packages (released on their
-own, and the ones users upgrade), which may be as new as :data:`PROVIDERS_AS_OF`. The result is
-compiled once and committed, so every run installs exactly the same versions (from uv's cache, or PyPI).
-
-A run installs the lock, then the provider itself built as a wheel (as a user installs it), runs
-:data:`TEST_PATHS` with that venv's pytest and writes ``compat/results/airflow-SERIES.json``.
+SERIES is an Airflow minor line (``2.11``, ``3.0``, …); none given means all of :data:`SERIES`. A lock stands
+in for Airflow's constraint files: everything as of the day after the release, except the providers (as of
+:data:`PROVIDERS_AS_OF`, as users install them). A run installs the lock and the provider's wheel, and runs
+:data:`TEST_PATHS` with that venv's pytest.
 """
 
 from __future__ import annotations
