@@ -21,7 +21,7 @@ import pytest
 
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
