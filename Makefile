@@ -54,7 +54,7 @@ test: setup
 
 # The edit-and-test loop: the unit tier alone (the emulator, SQLite and DuckDB; no servers, no Debian packages).
 test-unit: $(STAMP)
-	$(BIN)/pytest -p no:cacheprovider -m unit $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) -m unit $(PYTEST_ARGS)
 
 # The documentation site (docs/, mkdocs.yml) into site/; warnings, broken links and references fail.
 docs: $(STAMP)
