@@ -1,4 +1,6 @@
 # Two commands: `make demo` and `make test`. Each sets up .venv from requirements.lock first.
+# `make test` also sets up the machine (scripts/setup_machine.sh: Debian packages, PostgreSQL, MariaDB,
+# Redis), then lints and runs every test in parallel; `make test-unit` runs the tests that need no server.
 # `make test-compat` runs the compatibility matrix: the core tests on every supported Airflow.
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +9,10 @@ UV_VERSION := 0.13.9
 STAMP := $(VENV)/.installed
 DRIVERS := $(VENV)/.drivers
 
-.PHONY: demo test lint pytest test-compat compat-lock bench bench-quick clean
+#: pytest-xdist workers for `make pytest` (one per core); PYTEST_ARGS adds to (or overrides) the options.
+PYTEST_WORKERS ?= auto
+
+.PHONY: demo setup test test-unit lint pytest docs dist test-compat compat-lock bench bench-quick lock clean
 
 # Everything in requirements.lock but mysqlclient, which compiles against a C library: `make demo` needs
 # only Python and make. The targets that talk to MariaDB add it ($(DRIVERS)).
@@ -23,7 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 $(DRIVERS): $(STAMP)
 	$(BIN)/uv pip install --quiet --no-deps --python $(BIN)/python "$$(grep '^mysqlclient==' requirements.lock)" || { \
-		echo "building mysqlclient needs libmariadb-dev and pkg-config (Debian packages; .ci/run installs them)" >&2; \
+		echo "building mysqlclient needs libmariadb-dev and pkg-config (Debian packages; make setup installs them)" >&2; \
 		exit 1; }
 	touch $(DRIVERS)
 
@@ -35,13 +40,34 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The Debian packages the tests use (installed as root) and the servers on loopback (started when down).
+setup:
+	scripts/setup_machine.sh
+
+# Every tier, in parallel; tests that share a resource are grouped onto one worker (xdist_group).
 pytest: $(DRIVERS)
-	$(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
-test: lint pytest
+test: setup
+	$(MAKE) lint
+	$(MAKE) pytest
 
-# A venv per Airflow series (compat/locks/), the matrix subset of the tests in each, then the README's
-# supported-versions table from the results. COMPAT_SERIES="2.11 3.0" runs only those.
+# The edit-and-test loop: the unit tier alone (the emulator, SQLite and DuckDB; no servers, no Debian packages).
+test-unit: $(STAMP)
+	$(BIN)/pytest -p no:cacheprovider -n $(PYTEST_WORKERS) -m unit $(PYTEST_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/; warnings, broken links and references fail.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The sdist and the wheel into dist/, checked as PyPI would (twine check --strict).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# A venv per Airflow series (compat/locks/), the matrix subset of the tests in each, then the
+# supported-versions table of docs/supported-versions.md from the results. COMPAT_SERIES="2.11 3.0" runs only those.
 test-compat: $(DRIVERS)
 	$(BIN)/python compat/matrix.py run $(COMPAT_SERIES)
 	$(BIN)/python compat/matrix.py table
@@ -61,4 +87,4 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 clean:
-	rm -rf $(VENV) .compat .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .compat .demo .pytest_cache .mypy_cache .ruff_cache site dist build

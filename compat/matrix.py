@@ -2,19 +2,12 @@
 
     python compat/matrix.py lock  [SERIES ...]   # recompile compat/locks/airflow-SERIES.txt (needs PyPI)
     python compat/matrix.py run   [SERIES ...]   # a fresh venv per series from its lock, the tests, a result file
-    python compat/matrix.py table                # the README's supported-versions table, from compat/results/
+    python compat/matrix.py table                # docs/supported-versions.md's table, from compat/results/
 
-SERIES is an Airflow minor line (``2.11``, ``3.0``, …); none given means all of :data:`SERIES`.
-
-How dependencies are capped: Airflow's own constraint files (on GitHub, not reachable here) pin every
-library as it was on the release day, and users install providers newer than the release with the
-"no-providers" constraints. :func:`lock` does the same with uv: ``--exclude-newer`` the day after the
-Airflow release for everything, except the ``apache-airflow-providers-*`` packages (released on their
-own, and the ones users upgrade), which may be as new as :data:`PROVIDERS_AS_OF`. The result is
-compiled once and committed, so every run installs exactly the same versions (from uv's cache, or PyPI).
-
-A run installs the lock, then the provider itself built as a wheel (as a user installs it), runs
-:data:`TEST_PATHS` with that venv's pytest and writes ``compat/results/airflow-SERIES.json``.
+SERIES is an Airflow minor line (``2.11``, ``3.0``, …); none given means all of :data:`SERIES`. A lock stands
+in for Airflow's constraint files: everything as of the day after the release, except the providers (as of
+:data:`PROVIDERS_AS_OF`, as users install them). A run installs the lock and the provider's wheel, and runs
+:data:`TEST_PATHS` with that venv's pytest.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 LOCKS = REPO / "compat" / "locks"
 RESULTS = REPO / "compat" / "results"
 VENVS = REPO / ".compat"
-README = REPO / "README.md"
+VERSIONS_PAGE = REPO / "docs" / "supported-versions.md"
 PYTHON_VERSION = "3.11"
 
 
@@ -188,7 +181,7 @@ TABLE_END = "<!-- /supported-versions -->"
 
 
 def table() -> str:
-    """The README's supported-versions table, from the result files of the last matrix run."""
+    """The supported-versions table, from the result files of the last matrix run."""
     rows = [
         "| Airflow | libraries as of | common-compat | tests passed | skipped | failed | `airflow dags test` "
         "| connection form in the UI | result |",
@@ -213,12 +206,13 @@ def table() -> str:
 
 
 def write_table() -> None:
-    text = README.read_text()
+    text = VERSIONS_PAGE.read_text()
     pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    page = VERSIONS_PAGE.relative_to(REPO)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no {TABLE_START!r} … {TABLE_END!r} block")
-    README.write_text(pattern.sub(lambda _: table(), text))
-    print("README.md: supported-versions table updated")
+        raise SystemExit(f"{page} has no {TABLE_START!r} … {TABLE_END!r} block")
+    VERSIONS_PAGE.write_text(pattern.sub(lambda _: table(), text))
+    print(f"{page}: supported-versions table updated")
 
 
 def main() -> int:

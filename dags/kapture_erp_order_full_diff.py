@@ -1,15 +1,10 @@
 """Nightly full-table diff ERP → Kapture: for ERPs whose ``updated_at`` cannot be trusted.
 
-Every night the whole ``erp_orders`` table is read (no time filter) and compared, order by order, with
-the change ledger: only the orders whose Kapture body differs from what Kapture last received are sent
-(new orders, changed fields, and orders refused before). An unchanged table sends nothing. Reading,
-mapping and comparing 1,000,000 orders took 27–34 s (medians) on a shared 2-core machine, memory flat (README).
+Every night the whole ``erp_orders`` table is compared, order by order, with the change ledger; only new
+and changed orders (and those refused before) are sent. It shares the hourly DAG's ledger; keep their runs
+apart (one Airflow pool of 1 slot for both tasks), or an order owed to Kapture is sent by both.
 
-Connections: ``erp_warehouse`` (SQLite by default; PostgreSQL, MySQL/MariaDB and DuckDB work unchanged)
-and ``kapture_default``. The DAG can live next to the hourly Airflow DAG ``kapture_erp_order_sync``: both
-use the same ledger, so an order one of them delivered is unchanged for the other. Their runs should not
-overlap (both resend the orders still owed to Kapture: at once, each would be sent twice): put both tasks
-in one Airflow pool of 1 slot (``pool=`` on each operator).
+Connections: ``erp_warehouse`` (SQLite, PostgreSQL, MySQL/MariaDB or DuckDB) and ``kapture_default``.
 """
 
 from __future__ import annotations

@@ -1,32 +1,11 @@
 """Hourly ERP → Kapture order sync, split into 4 shards that run in parallel (dynamic task mapping).
 
-The same sync as ``kapture_erp_order_sync`` (same query, same hourly data interval, same asset), for
-when one task cannot push an hour's orders fast enough. ``SqlToKaptureOrdersOperator.partial(...)
-.expand(shard_index=[0, 1, 2, 3])`` makes four mapped task instances of one task; each reads the
-interval's rows and handles only the orders of its own shard:
+The same sync as ``kapture_erp_order_sync``; each mapped task handles the orders whose CRC-32 of the id
+modulo 4 is its index, so shards never overlap, touch only their own ledger rows and can be retried alone;
+each gets a quarter of ``max_requests_per_second``. Keep the ledger in PostgreSQL (concurrent writers), and
+run this DAG *or* the hourly one, not both. How it behaves when a worker dies: docs/scale-out.md.
 
-* shard = a stable hash of the order id modulo N (``kapture_provider.sync.engine.shard_of``: CRC-32
-  of the id's text), the same in every process and every run. An order belongs to exactly one shard,
-  so shards never overlap: no order is delivered twice, and the orders one shard skips are exactly
-  those the other shards send. Rows without a usable order id are reported by shard 0 only.
-* The change ledger is keyed by order id, so each shard reads and writes only its own ledger rows,
-  and retries only its own earlier failures. Shards never wait for one another, and a failed shard
-  can be retried (or cleared) alone: the ledger makes it resend only what is not delivered yet.
-* Each shard gets 1/N of ``max_requests_per_second``, so the whole sync never exceeds the budget
-  given here, however many shards run at once.
-* The shards are ordinary task instances: any executor runs them in parallel, each on a worker of
-  its own (LocalExecutor processes, Celery workers, Kubernetes pods), within the executor's
-  ``parallelism`` and the DAG's ``max_active_tasks``.
-
-The ledger must live in a database that takes concurrent writers: PostgreSQL (point ``erp_warehouse``
-or ``ledger_conn_id`` at it). SQLite works too (the ledger switches it to WAL with a busy timeout)
-but serialises the shards' writes, and only on one machine, so its speed-up is small.
-
-Run this DAG *or* ``kapture_erp_order_sync``, not both: they share the warehouse query and the
-ledger, and two runs touching the same orders at once could both send an order.
-
-Connections: ``erp_warehouse`` and ``kapture_default``, as for ``kapture_erp_order_sync``; the query,
-its interval parameters and the asset come from ``kapture_erp_orders``, shared by both DAGs.
+Connections: ``erp_warehouse`` and ``kapture_default``, as for ``kapture_erp_order_sync``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Shared test fixtures.
+"""Shared test fixtures, and the test tiers.
+
+Every test has a tier (the markers registered in pyproject.toml): ``unit`` (no servers), ``integration``
+(PostgreSQL, MariaDB or a proxy) or ``system`` (a real scheduler, Celery workers or a browser). A module
+says which with ``pytestmark``; ``tests/sync`` mixes SQLite and server warehouses in one module, so a test
+there without one is tiered by its fixtures (see :func:`pytest_collection_modifyitems`).
 
 Airflow reads ``AIRFLOW_HOME`` and the metadata database URL when it is first imported, so an isolated,
 throw-away Airflow home is configured here at conftest import time (before any test module imports
@@ -9,9 +14,11 @@ started in the background right after collection when a collected test uses ``ai
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -122,9 +129,85 @@ def _start_metadata_db_migration() -> subprocess.Popen[str]:
     return _migration
 
 
+TIERS = ("unit", "integration", "system")
+#: The servers on loopback (``make setup`` starts them), and the fixtures that need them.
+SERVERS = {"PostgreSQL": ("127.0.0.1", 5432), "MariaDB": ("127.0.0.1", 3306), "Redis": ("127.0.0.1", 6379)}
+SERVER_FIXTURES = {
+    "postgres_schema": "PostgreSQL",
+    "mariadb_database": "MariaDB",
+    "scaleout_databases": "PostgreSQL",
+    "broker": "Redis",
+}
+#: Warehouse engines that are servers: ``tests/sync`` parametrises tests with them (``postgres``,
+#: ``mariadb-connector``…) and picks the fixture at run time, so the parameter says what the test needs.
+SERVER_ENGINES = {"postgres": "PostgreSQL", "mariadb": "MariaDB"}
+#: Fixtures that run the ``airflow`` command end to end (each call starts Airflow afresh): the system tier.
+CLI_FIXTURES = ("airflow_cli",)
+#: Directories whose modules mix tiers: an unmarked test there is ``system`` when it uses a CLI fixture,
+#: ``integration`` when it needs a server, else ``unit``.
+TIERED_BY_FIXTURES = (Path(__file__).parent / "sync",)
+#: Directories whose tests start a whole Airflow deployment: one xdist worker runs them one after another.
+DEPLOYMENTS = (Path(__file__).parent / "scaleout", Path(__file__).parent / "ui")
+
+
+def servers_of(item: pytest.Item) -> list[str]:
+    """The servers ``item`` needs: through its fixtures, or (``tests/sync``) the engine it is parametrised with."""
+    servers = {SERVER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SERVER_FIXTURES}
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(item.path.is_relative_to(folder) for folder in TIERED_BY_FIXTURES):
+        engines = {value.split("-")[0] for value in callspec.params.values() if isinstance(value, str)}
+        servers.update(SERVER_ENGINES[engine] for engine in engines & SERVER_ENGINES.keys())
+    return sorted(servers)
+
+
+@functools.cache
+def server_down(name: str) -> str | None:
+    """Why server ``name`` cannot be used (it does not accept a connection), or None."""
+    host, port = SERVERS[name]
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        return f"{name} does not answer on {host}:{port} ({error}): `make setup` starts it"
+    return None
+
+
+def assign_tier(item: pytest.Item) -> str | None:
+    """Check ``item``'s tier, or give it one from its fixtures (in :data:`TIERED_BY_FIXTURES`); a problem or None."""
+    servers = servers_of(item)
+    tiers = {mark.name for mark in item.iter_markers() if mark.name in TIERS}
+    if tiers == {"unit"} and servers:
+        return f"{item.nodeid} is marked unit but needs {' and '.join(servers)}: mark it integration"
+    if not tiers:
+        if not any(item.path.is_relative_to(folder) for folder in TIERED_BY_FIXTURES):
+            return f"{item.nodeid} has no tier: add pytestmark = pytest.mark.unit (or integration, system)"
+        if any(name in CLI_FIXTURES for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+        else:
+            item.add_marker(pytest.mark.integration if servers else pytest.mark.unit)
+    return None
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Migrate the metadata DB in the background while the DB-free tests run, if any test will need it."""
-    if any(_METADATA_DB_FIXTURE in getattr(item, "fixturenames", ()) for item in items):
+    """Give every test its tier (or stop, naming the tests without one); then, if any selected test needs the
+    metadata DB, migrate it in the background while the DB-free tests run."""
+    problems = [problem for item in items if (problem := assign_tier(item))]
+    if problems:
+        raise pytest.UsageError("test tiers:\n  " + "\n  ".join(problems))
+    for item in items:
+        if any(item.path.is_relative_to(folder) for folder in DEPLOYMENTS):
+            item.add_marker(pytest.mark.xdist_group("airflow-deployment"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test whose server is down fails, naming it (never a skip)."""
+    for name in servers_of(item):
+        if problem := server_down(name):
+            pytest.fail(problem, pytrace=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(_METADATA_DB_FIXTURE in getattr(item, "fixturenames", ()) for item in session.items):
         _start_metadata_db_migration()
 
 

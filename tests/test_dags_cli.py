@@ -17,7 +17,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
+
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 DAG_FILES = sorted(p for p in (Path(__file__).resolve().parent.parent / "dags").glob("*.py") if "DAG(" in p.read_text())
 
 

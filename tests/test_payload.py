@@ -22,6 +22,8 @@ from kapture_provider.payload import (
     resolve_column,
 )
 
+pytestmark = pytest.mark.unit
+
 BIG = Decimal("12345678901234567890.123456789")
 
 

@@ -22,6 +22,8 @@ from kapture_provider import get_provider_info
 from kapture_provider.compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_2_PLUS
 from kapture_provider.hooks import connection_form
 
+pytestmark = pytest.mark.unit
+
 UI_PROBE = Path(__file__).resolve().parent / "ui_connection_form.py"
 
 

@@ -1,18 +1,9 @@
 """The network route to Kapture: which proxy (if any) and which certificates to trust.
 
-Both are read once per hook, from the connection's extras first and the environment second, the way
-curl and ``requests`` read it, so a worker set up for those reaches Kapture the same way:
-
-* proxy: the ``proxy`` extra (``""`` or ``false``: connect directly, whatever the environment says);
-  else ``https_proxy``/``HTTPS_PROXY`` (``http_proxy`` for an ``http://`` host), then ``all_proxy``,
-  unless ``no_proxy``/``NO_PROXY`` lists the host (names, ``.domain`` suffixes, ``host:port``, IP
-  addresses, CIDR ranges, ``*``). A plain ``http://`` loopback host (the emulator) never takes the
-  environment's proxy: it would read the credentials in clear, and could not reach this machine's loopback;
-* trust: the ``ca_bundle`` extra, else ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``, ``SSL_CERT_FILE``,
-  else certifi's bundle; a client certificate (``client_cert``, ``client_key``) for mutual TLS.
-
-A proxy's credentials never appear in a text this provider writes: they are registered with Airflow's
-secret masker, kept out of ``repr`` and of :attr:`Proxy.url`.
+Read once per hook, from the connection's extras first and the environment second, the way curl and
+``requests`` read it (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``SSL_CERT_FILE``, else certifi),
+so a worker set up for those reaches Kapture the same way. Proxy credentials are registered with Airflow's
+secret masker and kept out of every text this provider writes. The rules: docs/connection.md.
 """
 
 from __future__ import annotations

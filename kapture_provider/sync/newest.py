@@ -1,19 +1,9 @@
 """``version_column``: only each order's newest row comes back from the warehouse — checked, not assumed.
 
-The query is wrapped in ``ROW_NUMBER() OVER (PARTITION BY <order id> ORDER BY <version> DESC)``.
-Every engine writes that differently enough to lose orders silently: MySQL reads ``"order_id"`` as
-a string literal (one partition: one row for the whole run), and its default collation folds
-``AB-1`` into ``ab-1`` and ``cd-2 `` into ``cd-2``. So the wrapper
-
-* quotes names as the hook's database does and refers to them through the derived table
-  (``kapture_src."order_id"`` is a syntax error on MySQL, not a literal);
-* partitions MySQL/MariaDB by the id's bytes, elsewhere by the id itself;
-* returns the partition key (``_kapture_key``) and the number of rows folded into each order
-  (``_kapture_rows``), sorted by the key;
-
-and :class:`NewestRowCheck` checks every chunk *before* it is sent: each row's key must be its own
-order id, and no order may come back twice. A broken wrapper or a driver quirk fails the task with
-the cause; the rows folded are counted as ``duplicates``.
+The query is wrapped in ``ROW_NUMBER() OVER (PARTITION BY <order id> ORDER BY <version> DESC)``, quoted as
+the hook's database quotes names (on MySQL ``"order_id"`` would be a string literal) and partitioned by the
+id's bytes on MySQL/MariaDB (whose collations fold case and trailing spaces). Engines differ enough to lose
+orders silently, so :class:`NewestRowCheck` checks every chunk before it is sent.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""An example ERP warehouse: the ``erp_orders`` table the example sync DAG reads, and realistic data.
+"""An example ERP warehouse: the ``erp_orders`` table the example sync DAGs read, and realistic data.
 
-Schema (one row per order, its current state; ``updated_at`` in UTC)::
-
-    erp_orders(order_id VARCHAR(32) PRIMARY KEY, customer_name VARCHAR(200), phone VARCHAR(32),
-               email VARCHAR(200), city VARCHAR(100), invoice_no VARCHAR(32), invoice_date DATE,
-               delivery_status VARCHAR(32), payment_mode VARCHAR(32), total_amount NUMERIC(12, 2),
-               updated_at TIMESTAMP NOT NULL)
-    CREATE INDEX erp_orders_updated_at ON erp_orders (updated_at)
-
-Run ``python -m kapture_provider.testing.warehouse --db erp.db --orders 3000`` to create a SQLite
-warehouse, or ``--url mysql://root@127.0.0.1:3306/erp`` (also ``postgresql://…``, ``duckdb:///erp.duckdb``)
-for another database; :func:`insert_orders` fills a connection of any of those drivers. On MySQL and
-MariaDB ``updated_at`` is a ``DATETIME``: their ``TIMESTAMP`` converts time zones and, on MariaDB, sets
-itself to the current time whenever the row is updated.
+``python -m kapture_provider.testing.warehouse --db erp.db --orders 3000`` creates a SQLite warehouse, or
+``--url mysql://…`` (also ``postgresql://…``, ``duckdb:///…``) another database; :func:`insert_orders`
+fills a connection of any of those drivers. The schema: docs/example-dags.md (on MySQL/MariaDB
+``updated_at`` is a ``DATETIME``: their ``TIMESTAMP`` converts time zones).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The time window one sync run reads: the rows changed in ``[start, end)``.
 
-Where it comes from, first match wins:
-
-1. the run's ``window_start`` and ``window_end`` params (a manual run of a chosen window);
-2. the run's data interval (scheduled runs, backfills, triggers with a logical date);
-3. a run without a logical date (Airflow 3 allows it): from the end of the last window this task synced
-   successfully (kept in the ledger's database) until the run was triggered; on its first run, from
-   the DAG's ``start_date``.
-
-A window from params is a one-off: it does not move where the next run without a logical date starts (a
-manual run of 10:00–11:00 after a sync that ended at 08:00 must not make 08:00–10:00 look synced).
+First match wins: the run's ``window_start``/``window_end`` params, the run's data interval, or (a run
+without a logical date) from the end of the last window this task synced until the run was triggered. A
+window from params is a one-off and never moves where the next run starts. The rules: docs/sql-to-kapture.md.
 """
 
 from __future__ import annotations

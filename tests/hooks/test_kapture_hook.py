@@ -25,6 +25,8 @@ from kapture_provider.exceptions import (
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, SEARCH_PATH, Fault, KaptureEmulator
 
+pytestmark = pytest.mark.unit
+
 # Copied verbatim from the "Body Request" tab of /work/shared/reference/kapture-update-order-api.md.
 DOCUMENTED_BODY_JSON = """
 {

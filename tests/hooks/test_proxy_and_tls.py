@@ -23,6 +23,8 @@ from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync
 from kapture_provider.testing.emulator import KaptureEmulator
 
+pytestmark = pytest.mark.integration
+
 CONN_ID = "kapture_network_test"
 CANARY = "tunnel-canary-7731"
 CUSTOMER = "Proxima Watcher"

@@ -16,6 +16,8 @@ import pytest
 from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, Fault, KaptureEmulator
 
+pytestmark = pytest.mark.unit
+
 CONN_ID = "kapture_operator_test"
 TASK_ID = "update_orders"
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "max_retries": 2}

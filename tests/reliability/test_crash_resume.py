@@ -51,6 +51,8 @@ from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
+pytestmark = pytest.mark.system
+
 LOGICAL_DATE = "2026-11-26T02:00:00+00:00"  # data interval [01:00, 02:00)
 INTERVAL_START = dt.datetime(2026, 11, 26, 1)
 INTERVAL = {"start": "2026-11-26 01:00:00", "end": "2026-11-26 02:00:00"}

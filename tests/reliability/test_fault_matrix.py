@@ -51,6 +51,8 @@ from kapture_provider.compat import AirflowException, AirflowFailException
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
+pytestmark = pytest.mark.system
+
 ORDERS, INVALID = 2000, 3
 INTERVAL_START = dt.datetime(2026, 11, 26, 1)
 INTERVAL = {"start": "2026-11-26 01:00:00", "end": "2026-11-26 02:00:00"}  # the DAG's rendered parameters

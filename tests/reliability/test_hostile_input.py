@@ -45,6 +45,8 @@ from kapture_provider.sync.engine import OrderSync
 from kapture_provider.sync.ledger import Ledger
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 
+pytestmark = pytest.mark.unit
+
 COLUMNS = (
     "order_id",
     "customer_name",

@@ -47,6 +47,8 @@ from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
+pytestmark = pytest.mark.unit
+
 HOUR_1 = {"start": "2026-11-26 01:00:00", "end": "2026-11-26 02:00:00"}
 HOUR_2 = {"start": "2026-11-26 02:00:00", "end": "2026-11-26 03:00:00"}
 MAX_RETRIES, CONNECT_TIMEOUT = 2, 1.0

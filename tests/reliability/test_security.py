@@ -50,6 +50,8 @@ from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import generate_orders
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
+pytestmark = pytest.mark.unit
+
 LOGIN = "sync-robot"
 DAY = dt.datetime(2026, 11, 26)
 FAULTS = ["500", "502", "reset", "truncated", "non-json", "failed-body", "404", "429-bare"]

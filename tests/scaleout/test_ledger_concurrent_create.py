@@ -18,7 +18,7 @@ import pytest
 
 from kapture_provider.sync.ledger import Ledger
 
-pytestmark = pytest.mark.scaleout
+pytestmark = [pytest.mark.integration, pytest.mark.scaleout]
 
 PG: dict[str, Any] = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 SHARDS = 8

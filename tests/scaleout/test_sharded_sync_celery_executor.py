@@ -11,8 +11,8 @@ only the tasks it has slots for and acknowledges a task's message only when the 
 2. Once a shard of ``machine-a`` has sent some of its orders, every process of ``machine-a`` (the Celery
    worker, its pool, the task supervisors and tasks) is SIGKILLed at once, as if the machine died.
 3. The task instances it ran stop heartbeating; the scheduler fails them after ``[scheduler]
-   task_instance_heartbeat_timeout`` (20 s here), and retries them after the DAG's ``retry_delay``
-   (2 minutes, as written in the DAG) on the machine still alive.
+   task_instance_heartbeat_timeout`` (20 s here), and retries them after the DAG's ``retry_delay`` (its
+   2 minutes cut to :data:`RETRY_DELAY_SECONDS` by a cluster policy of this deployment) on the machine still alive.
 4. The run succeeds; every valid order of the interval reached Kapture (the emulator), and the ledger
    says delivered. Orders of the surviving shards were sent once each; a killed shard's second try
    resends only what its first try had in flight (its ledger did not say delivered yet), at most
@@ -54,14 +54,16 @@ from harness import (
 
 from kapture_provider.sync.engine import shard_of
 
-pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.system, pytest.mark.scaleout, pytest.mark.timeout(600)]
 
 MACHINES = ("machine-a", "machine-b")
 SLOTS_PER_MACHINE = 2
 MAX_CONCURRENCY = 8  # the sharded DAG's max_concurrency per shard: requests a shard can have in flight
 KILL_AFTER_REQUESTS = 60  # of one of machine-a's shards: it is then well into its orders (750 each)
-#: start-up, a run, 20 s to notice the dead machine, the DAG's 2-minute retry delay, the retries, checks
+#: start-up, a run, 20 s to notice the dead machine, the retry delay, the retries, checks
 BUDGET_SECONDS = 480.0
+#: The DAG's ``retry_delay`` in this deployment: the test waits for the retry, not for the DAG's 2 minutes.
+RETRY_DELAY_SECONDS = 5
 REDIS_DB = os.getpid() % 15 + 1  # database 0 left alone; the queue is this process's too
 
 
@@ -84,6 +86,17 @@ def celery_executor(meta_db: str, broker: str) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
     }
+
+
+def shorten_retry_delay(home: Path) -> None:
+    """An Airflow cluster policy (``$AIRFLOW_HOME/config/airflow_local_settings.py``) that every component of
+    the deployment applies to the parsed DAG: its tasks' ``retry_delay`` becomes :data:`RETRY_DELAY_SECONDS`."""
+    config = home / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "airflow_local_settings.py").write_text(
+        "import datetime\n\n\ndef task_policy(task):\n"
+        f"    task.retry_delay = datetime.timedelta(seconds={RETRY_DELAY_SECONDS})\n"
+    )
 
 
 def start_worker(children: Children, machine: str, env: dict[str, str]) -> None:
@@ -141,6 +154,7 @@ def test_shards_survive_a_celery_worker_killed_mid_run(
         valid_ids = seed_warehouse(warehouse_db)
         emulator_url = start_emulator(children, tmp_path)
         env = airflow_env(home, meta_db, warehouse_db, emulator_url, celery_executor(meta_db, broker))
+        shorten_retry_delay(home)
         start_and_parse(children, env, meta_db, deadline, phase)
         for machine in MACHINES:
             start_worker(children, machine, env)

@@ -64,7 +64,7 @@ from harness import (
 
 from kapture_provider.sync.engine import shard_of
 
-pytestmark = [pytest.mark.scaleout, pytest.mark.timeout(290)]
+pytestmark = [pytest.mark.system, pytest.mark.scaleout, pytest.mark.timeout(290)]
 
 #: LocalExecutor: one supervisor process per task instance, forked by the scheduler ([core] parallelism).
 LOCAL_EXECUTOR = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}

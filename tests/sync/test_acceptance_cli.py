@@ -35,6 +35,8 @@ from kapture_acceptance_dags import ORDER_CHANGES_DDL
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
 from kapture_provider.testing.warehouse import TIMESTAMP_FORMAT, generate_orders
 
+pytestmark = pytest.mark.system
+
 DAY = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
 ACCEPTANCE, EXAMPLE = "kapture_acceptance", "kapture_erp_order_sync"

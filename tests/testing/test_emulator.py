@@ -20,6 +20,8 @@ import requests
 from kapture_provider.testing import Fault, KaptureEmulator, RecordedRequest
 from kapture_provider.testing.cli import main as cli_main
 
+pytestmark = pytest.mark.unit
+
 ADD_UPDATE = "/ms/customer/order/api/v1/add-update"
 SEARCH = "/ms/customer-search/order-search/api/v1/pull-internal"
 AUTH = ("kapture-user", "kapture-password")

@@ -49,6 +49,7 @@ from kapture_provider.testing.emulator import SEARCH_PATH, Fault, KaptureEmulato
 from kapture_provider.testing.warehouse import insert_orders
 
 pytestmark = [
+    pytest.mark.system,
     pytest.mark.skipif(not AIRFLOW_V_3_2_PLUS, reason="per-DAG access with the SimpleAuthManager needs multi-team"),
     pytest.mark.timeout(280),
 ]
