@@ -28,13 +28,14 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from kapture_provider.exceptions import KaptureError, KaptureRejectedError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import ORDER_ID_PATH, InvalidOrder, OrderMapper, PreparedOrder, render_order_id
+from kapture_provider.sync.lease import Lease
 from kapture_provider.sync.ledger import (
     DELIVERED,
     FAILED,
@@ -45,8 +46,8 @@ from kapture_provider.sync.ledger import (
     Outcome,
     encode_version,
     is_older,
-    time_text,
 )
+from kapture_provider.sync.times import time_text
 
 log = logging.getLogger(__name__)
 #: At most this many failed / invalid orders are listed in the summary; the ledger keeps them all.
@@ -147,6 +148,8 @@ class OrderSync:
         and recorded as failed with their bodies pending, so later runs deliver them; the task fails.
     :param park_after_refusals: park an order once Kapture refused it this many times in a row (transient
         failures do not count); ``None`` retries refused orders in every run until they land.
+    :param lease: held while the run reads and writes the ledger, so that no other run of this ledger's
+        shard sends at the same time; a dry run does not take it (it sends and records nothing).
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class OrderSync:
         shard: tuple[int, int] | None = None,
         max_consecutive_transient: int = 32,
         park_after_refusals: int | None = None,
+        lease: Lease | None = None,
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -175,6 +179,7 @@ class OrderSync:
         if park_after_refusals is not None and park_after_refusals < 1:
             raise ValueError("park_after_refusals must be at least 1 (or None: never park)")
         self.park_after_refusals = park_after_refusals
+        self.lease = lease if not dry_run else None
         self.summary = SyncSummary(dry_run=dry_run)
         self._consecutive_transient = 0
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
@@ -217,8 +222,10 @@ class OrderSync:
         if self.shard and id_index is None:
             raise ValueError("sharding needs a column named 'order_id' or 'order_info.order_id'")
         self._prepare_ledger()
-        with _older_objects_frozen():
-            return self._sync_all(mapper, chunks, version_index, id_index)
+        with self.lease or nullcontext():
+            self._started_at = _utc_now()  # orders failed before now are owed; those of a run waited for too
+            with _older_objects_frozen():
+                return self._sync_all(mapper, chunks, version_index, id_index)
 
     def _sync_all(
         self,

@@ -61,21 +61,6 @@ _LOOKUP_BATCH = 500
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-#: Times in the ledger and its run log: UTC text, which sorts in time order on every engine.
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-def time_text(value: dt.datetime) -> str:
-    """A time as the ledger writes it (:data:`TIME_FORMAT`); ``isoformat`` is twice as fast as ``strftime``,
-    and the base class's is called so that a pendulum ``DateTime`` is written the same way."""
-    return dt.datetime.isoformat(value.astimezone(dt.UTC), timespec="microseconds")[:-6] + "Z"
-
-
-def parse_time(text: str) -> dt.datetime:
-    """A time the ledger wrote, aware (UTC)."""
-    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
-
-
 def encode_version(value: Any) -> str | None:
     """A version value (number, datetime, date or text) as text whose order :func:`version_key` restores."""
     if value is None:

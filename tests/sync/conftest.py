@@ -46,7 +46,7 @@ LEDGER_TABLE = "kapture_order_sync_ledger"
 TEST_TABLES = (
     "erp_orders",
     "order_changes",
-    *(f"{t}{r}" for t in (LEDGER_TABLE, "kapture_changes_ledger") for r in ("", "_runs")),
+    *(f"{t}{r}" for t in (LEDGER_TABLE, "kapture_changes_ledger") for r in ("", "_runs", "_lease")),
 )
 WAREHOUSE_CONN_ID = "erp_warehouse"
 PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}

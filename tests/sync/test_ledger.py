@@ -17,13 +17,11 @@ from kapture_provider.sync.ledger import (
     DELIVERED,
     FAILED,
     INVALID,
-    TIME_FORMAT,
     Ledger,
     LedgerNotSupported,
     Outcome,
-    parse_time,
-    time_text,
 )
+from kapture_provider.sync.times import TIME_FORMAT, parse_time, time_text
 
 NOW = "2026-11-27T10:00:00.000000Z"
 LATER = "2026-11-27T11:00:00.000000Z"
