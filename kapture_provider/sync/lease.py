@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from kapture_provider.sync.dialect import DUCKDB, MYSQL, POSTGRES, SQLITE
+from kapture_provider.sync.ledger_connection import open_connection
 from kapture_provider.sync.times import time_text
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Lease:
     # -- taking and giving back -----------------------------------------------------------------
     def acquire(self) -> None:
         """Take the lease, waiting while another run holds an overlapping one (up to ``timeout``)."""
-        self._conn = self.ledger.dialect.connect(self.ledger.hook)
+        self._conn = open_connection(self._engine, self.ledger.hook)
         try:
             self._create_table()
             started = time.monotonic()
@@ -247,7 +248,10 @@ class Lease:
                         f"AND token = {self._p}",
                         (self._expires_at(), self.key, self._token),
                     )
+                    lost = cur.rowcount == 0  # DuckDB does not count (-1)
                     self._end(cur, commit=True)
+                if lost:
+                    log.error("Ledger %s: the lease of shard %s expired, taken over", self.ledger.table, self.key)
             except Exception as err:  # the next beat tries again; the row expires only after several
                 log.warning("Ledger %s: renewing the lease failed (%s); trying again", self.ledger.table, err)
 
@@ -255,7 +259,7 @@ class Lease:
     def _create_table(self) -> None:
         """Create ``<ledger>_lease`` if missing; sessions racing the one that creates it find it there."""
         with self._conn_lock, closing(self._conn.cursor()) as cur:
-            if self.advisory:
+            if self.advisory and "." not in self.ledger.table:  # the lock names the table's schema
                 cur.execute("SELECT DATABASE()" if self._engine == MYSQL else "SELECT current_schema()")
                 self._namespace = str(self._text(cur.fetchone()[0]))
             try:

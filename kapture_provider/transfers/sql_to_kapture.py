@@ -22,7 +22,8 @@ from kapture_provider.payload import ORDER_ID_PATH, MappingError
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.lease import Lease, LeaseHolder
-from kapture_provider.sync.ledger import Ledger, LedgerNotSupported
+from kapture_provider.sync.ledger import Ledger
+from kapture_provider.sync.ledger_sql import LedgerNotSupported
 from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, newest_per_order
 from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, count_rows, describe, stream_rows, strip_sql
@@ -316,7 +317,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if summary.kapture_down:
             reasons.append(
                 "Kapture was unavailable: sending stopped after too many orders in a row failed on retries, "
-                "the rest were recorded as failed with their bodies pending"
+                "the rest were recorded as owed, with their bodies, for the next runs"
             )
         bad = summary.own_failed + summary.invalid
         if bad > self.failure_floor and summary.failure_ratio > self.max_failed_ratio:

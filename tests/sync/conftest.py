@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from kapture_provider.sync.ledger import COLUMNS
+from kapture_provider.sync.ledger_schema import COLUMNS
 from kapture_provider.testing.warehouse import ERP_ORDERS_DDL, MYSQL_ERP_ORDERS_DDL, insert_orders
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,7 @@
 """A run that takes the ledger's lease and holds it until it is killed: ``python lease_holder.py CONN TABLE EXPIRY``.
 
-Prints ``held`` (a line of its own) once the lease is taken; a test then kills it (SIGKILL: no release, no last heartbeat).
+Prints ``held`` (a line of its own) once the lease is taken; a test then kills it (SIGKILL: no release,
+no last heartbeat).
 """
 
 from __future__ import annotations
