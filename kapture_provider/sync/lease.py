@@ -271,10 +271,12 @@ class Lease:
                 )
                 self._end(cur, commit=True, registry=False)
             except Exception:
-                self._end(cur, commit=False, registry=False)
+                with suppress(Exception):  # the transaction may be over already (DuckDB ends it on a conflict)
+                    self._end(cur, commit=False, registry=False)
                 cur.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")  # raises when it is really missing
                 cur.fetchall()
-                self._end(cur, commit=True, registry=False)
+                if self.advisory:
+                    self._conn.commit()  # end the read
 
     def _begin(self, cur: Any, registry: bool = True) -> None:
         """Start a transaction; with ``registry``, one that no other lease attempt on this ledger runs beside."""

@@ -8,6 +8,9 @@ workers would; the emulator answers in 300 ms, so the runs overlap unless the le
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import re
 import subprocess
 import sys
 import threading
@@ -17,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kapture_erp_orders import ALL_ORDERS_SQL, CHANGED_ORDERS_SQL
 
 from kapture_provider.compat import BaseHook
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.lease import Lease, LeaseHolder, LeaseTimeout
 from kapture_provider.sync.ledger import Ledger
-from kapture_provider.testing.emulator import KaptureEmulator
+from kapture_provider.testing.emulator import ADD_UPDATE_PATH, KaptureEmulator
+from kapture_provider.testing.warehouse import generate_orders
+from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 TABLE = "kapture_order_sync_ledger"
 COLUMNS = ["order_id", "customer_name"]
@@ -62,10 +68,13 @@ def run_sync(run_id: str, *, timeout: float = 120.0, start: threading.Barrier | 
 
 
 def add_updates_per_order(emulator: KaptureEmulator) -> Counter[str | None]:
-    return Counter(r.order_id for r in emulator.requests if r.method == "POST" and r.order_id is not None)
+    return Counter(r.order_id for r in emulator.requests if r.path == ADD_UPDATE_PATH)
 
 
-def test_two_runs_started_together_send_every_order_once(ledger_db: Any, slow_kapture: KaptureEmulator) -> None:
+def test_two_runs_started_together_send_every_order_once(
+    ledger_db: Any, slow_kapture: KaptureEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kapture_provider.sync.lease")
     start = threading.Barrier(2)
     summaries: dict[str, SyncSummary] = {}
     errors: list[BaseException] = []
@@ -87,6 +96,44 @@ def test_two_runs_started_together_send_every_order_once(ledger_db: Any, slow_ka
     outcomes = sorted((s.succeeded, s.unchanged, s.failed) for s in summaries.values())
     assert outcomes == [(0, 60, 0), (60, 0, 0)]  # the run that waited found everything delivered, unchanged
     assert {row["status"] for row in ledger_db.ledger(TABLE).values()} == {"delivered"}
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Waiting for the lease")]
+    assert len(waits) == 1  # one line per 30 s of waiting, naming the run waited for
+    assert re.search(r"held by run '(scheduled|backfill)__1' of kapture_erp_order_sync\.sync_orders on ", waits[0])
+
+
+def test_the_hourly_sync_and_the_full_diff_started_together_send_every_order_once(
+    ledger_db: Any, slow_kapture: KaptureEmulator
+) -> None:
+    """The operator itself, twice at once on one ledger: an hour's changes, and the nightly full-table diff."""
+    hour = dt.datetime(2026, 11, 26, 9)
+    orders = list(generate_orders(60, hour, hour + dt.timedelta(hours=1)))
+    ledger_db.insert_orders(orders)
+    window = {"start": "2026-11-26 09:00:00", "end": "2026-11-26 10:00:00"}
+    operators = [
+        SqlToKaptureOrdersOperator(task_id="sync_changed_orders", sql_conn_id="erp_warehouse", sql=CHANGED_ORDERS_SQL,
+                                   parameters=window, version_column="_version"),
+        SqlToKaptureOrdersOperator(task_id="sync_all_orders", sql_conn_id="erp_warehouse", sql=ALL_ORDERS_SQL),
+    ]  # fmt: skip
+    start = threading.Barrier(2)
+    summaries: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def run(operator: SqlToKaptureOrdersOperator) -> None:
+        try:
+            start.wait()
+            summaries.append(operator.execute({}))  # type: ignore[arg-type]
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(operator,)) for operator in operators]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+
+    assert not errors, errors
+    assert add_updates_per_order(slow_kapture) == Counter({str(order[0]): 1 for order in orders})
+    assert sorted((s["succeeded"], s["unchanged"]) for s in summaries) == [(0, 60), (60, 0)]
 
 
 def test_a_run_waiting_past_lease_timeout_fails_naming_the_holder(

@@ -11,6 +11,7 @@ from lease_cases import (  # noqa: F401 - the tests (and their fixture) run here
     test_a_killed_holders_lease_is_taken_over,
     test_a_run_waiting_past_lease_timeout_fails_naming_the_holder,
     test_shards_of_one_count_do_not_wait_for_each_other_but_a_whole_run_waits_for_them,
+    test_the_hourly_sync_and_the_full_diff_started_together_send_every_order_once,
     test_two_runs_started_together_send_every_order_once,
 )
 
