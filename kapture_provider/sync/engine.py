@@ -206,7 +206,6 @@ class OrderSync:
         ``expected_rows``, when known, lets progress lines show how far the run is and an ETA.
         """
         self._expected_rows = expected_rows
-        self._started = time.monotonic()  # the timing leaves out what the operator did before (COUNT, say)
         mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
@@ -215,6 +214,7 @@ class OrderSync:
         self._prepare_ledger()
         with self.lease or nullcontext():
             self._started_at = _utc_now()  # orders failed before now are owed; those of a run waited for too
+            self._started = time.monotonic()  # the timing leaves out the wait and what the operator did before
             with _older_objects_frozen():
                 return self._sync_all(mapper, chunks, version_index, id_index)
 
