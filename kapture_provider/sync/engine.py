@@ -28,7 +28,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,18 +42,10 @@ from kapture_provider.payload import (
     PreparedOrder,
     render_order_id,
 )
-from kapture_provider.sync.ledger import (
-    DELIVERED,
-    FAILED,
-    INVALID,
-    PARKED,
-    Ledger,
-    LedgerEntry,
-    Outcome,
-    encode_version,
-    is_older,
-    time_text,
-)
+from kapture_provider.sync.lease import Lease
+from kapture_provider.sync.ledger import DELIVERED, INVALID, OWED, PARKED, Ledger, LedgerEntry, Outcome
+from kapture_provider.sync.times import time_text
+from kapture_provider.sync.versions import encode_version, is_older
 
 log = logging.getLogger(__name__)
 #: At most this many failed / invalid orders are listed in the summary; the ledger keeps them all.
@@ -71,15 +63,15 @@ class SyncSummary:
     stale: int = 0
     duplicates: int = 0
     to_send: int = 0
-    succeeded: int = 0  # every order delivered by this run (its own rows and earlier failures)
-    failed: int = 0  # every order not delivered by this run (its own rows and earlier failures)
-    refused: int = 0  # of those failed: refused by Kapture (parked ones included); the others were transient
-    retried: int = 0  # earlier failures (owed orders) resent by this run
+    succeeded: int = 0  # orders this run delivered (its own rows and owed ones)
+    failed: int = 0  # orders this run was to send and did not deliver (its own rows, owed ones): now owed or parked
+    refused: int = 0  # of the failed, those Kapture refused (parked ones included); the others were transient
+    retried: int = 0  # owed orders (earlier runs' failures) resent by this run
     retried_delivered: int = 0
     retried_failed: int = 0
-    parked: int = 0  # orders this run parked (refused too many times in a row)
+    parked: int = 0  # of the failed, those this run parked (refused too many times in a row)
     parked_unchanged: int = 0  # rows of parked orders, not sent again since they did not change
-    still_owed: int = 0  # after this run, in the whole ledger: orders every run retries
+    still_owed: int = 0  # after this run, in the ledger (this shard's): owed orders, parked ones left out
     oldest_owed_since: str | None = None  # when the longest-failing owed order started failing (UTC)
     max_owed_attempts: int = 0
     parked_total: int = 0  # after this run, in the whole ledger
@@ -152,9 +144,11 @@ class OrderSync:
     :param shard: ``(index, count)``: handle only the orders with ``shard_of(order_id, count) == index``.
     :param max_consecutive_transient: after this many orders in a row exhausted their retries on
         transient failures (Kapture down), stop sending: the remaining rows are still read, validated
-        and recorded as failed with their bodies pending, so later runs deliver them; the task fails.
+        and recorded as owed with their bodies, so later runs deliver them; the task fails.
     :param park_after_refusals: park an order once Kapture refused it this many times in a row (transient
         failures do not count); ``None`` retries refused orders in every run until they land.
+    :param lease: held while the run reads and writes the ledger, so that no other run of this ledger's
+        shard sends at the same time; a dry run does not take it (it sends and records nothing).
     """
 
     def __init__(
@@ -168,6 +162,7 @@ class OrderSync:
         shard: tuple[int, int] | None = None,
         max_consecutive_transient: int = 32,
         park_after_refusals: int | None = None,
+        lease: Lease | None = None,
     ):
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -183,6 +178,7 @@ class OrderSync:
         if park_after_refusals is not None and park_after_refusals < 1:
             raise ValueError("park_after_refusals must be at least 1 (or None: never park)")
         self.park_after_refusals = park_after_refusals
+        self.lease = lease if not dry_run else None
         self.summary = SyncSummary(dry_run=dry_run)
         self._consecutive_transient = 0
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
@@ -220,15 +216,17 @@ class OrderSync:
         ``null_values`` is what a NULL column becomes (see :class:`~kapture_provider.payload.OrderMapper`).
         """
         self._expected_rows = expected_rows
-        self._started = time.monotonic()  # the timing leaves out what the operator did before (COUNT, say)
         mapper = OrderMapper(columns, timezone=timezone, row_mapper=row_mapper, null_values=null_values)
         version_index = _column_index(columns, version_column)
         id_index = _order_id_index(columns)
         if self.shard and id_index is None:
             raise ValueError("sharding needs a column named 'order_id' or 'order_info.order_id'")
         self._prepare_ledger()
-        with _older_objects_frozen():
-            return self._sync_all(mapper, chunks, version_index, id_index)
+        with self.lease or nullcontext():
+            self._started_at = _utc_now()  # orders failed before now are owed; those of a run waited for too
+            self._started = time.monotonic()  # the timing leaves out the wait and what the operator did before
+            with _older_objects_frozen():
+                return self._sync_all(mapper, chunks, version_index, id_index)
 
     def _sync_all(
         self,
@@ -244,7 +242,7 @@ class OrderSync:
         try:
             for chunk in chunks:
                 self._sync_chunk(mapper, chunk, version_index, id_index)
-            self._retry_pending()
+            self._retry_owed()
             self._wait_until_done()
             self._flush_not_sent()
             self._summarise_owed()
@@ -334,9 +332,9 @@ class OrderSync:
             elif decision == "parked":
                 summary.parked_unchanged += 1
             else:
-                if self.dry_run and entry is not None and entry.status == FAILED:
-                    self._dry_run_ids.add(candidate.order.order_id)  # only failed orders come back as pending
-                refusals = entry.refusals if entry is not None and entry.status in (FAILED, PARKED) else 0
+                if self.dry_run and entry is not None and entry.status == OWED:
+                    self._dry_run_ids.add(candidate.order.order_id)  # only owed orders come back from the ledger
+                refusals = entry.refusals if entry is not None and entry.status in (OWED, PARKED) else 0
                 self._dispatch(_Send(candidate.order, candidate.version, refusals))
 
     @property
@@ -359,18 +357,18 @@ class OrderSync:
                 invalid.append(Outcome(order_id, INVALID, error=reason))
         self._record(invalid)
 
-    def _retry_pending(self) -> None:
+    def _retry_owed(self) -> None:
         if not self._ledger_ready or self.ledger is None or self.kapture_down:
             return
         self._wait_until_done()  # this run's own outcomes must be in the ledger first
-        for pending in self.ledger.pending(attempted_before=self._started_at):
-            if not self._in_shard(pending.order_id):
+        for owed in self.ledger.owed_bodies(attempted_before=self._started_at):
+            if not self._in_shard(owed.order_id):
                 continue
-            if pending.order_id in self._dry_run_ids:  # the ledger cannot tell: a dry run records nothing
+            if owed.order_id in self._dry_run_ids:  # the ledger cannot tell: a dry run records nothing
                 continue
             self.summary.retried += 1
-            order = PreparedOrder(pending.order_id, pending.data, pending.body_hash)
-            self._dispatch(_Send(order, pending.version, pending.refusals, owed=True))
+            order = PreparedOrder(owed.order_id, owed.data, owed.body_hash)
+            self._dispatch(_Send(order, owed.version, owed.refusals, owed=True))
 
     # -- sending --------------------------------------------------------------------------------
     def _dispatch(self, item: _Send) -> None:
@@ -440,7 +438,7 @@ class OrderSync:
             self.hook.post_order(order.data, order_id=order.order_id)
         except KaptureError as err:
             refusals = item.refusals + 1 if isinstance(err, KaptureRejectedError) else item.refusals
-            status, error = FAILED, err.message
+            status, error = OWED, err.message
             if self.park_after_refusals is not None and refusals >= self.park_after_refusals:
                 status, error = PARKED, f"parked after {refusals} refusals in a row: {err.message}"
             failed = Outcome(
@@ -453,9 +451,7 @@ class OrderSync:
         """Record an order as failed and pending without sending it, Kapture being down (lock held)."""
         order = item.order
         reason = f"not sent: Kapture unavailable ({self.max_consecutive_transient} orders in a row failed)"
-        outcome = Outcome(
-            order.order_id, FAILED, order.body_hash, item.version, order.data, reason, True, item.refusals
-        )
+        outcome = Outcome(order.order_id, OWED, order.body_hash, item.version, order.data, reason, True, item.refusals)
         self._count(outcome, item.owed)
         self._not_sent.append(outcome)
         if len(self._not_sent) >= 500:
@@ -561,7 +557,7 @@ def _decide(candidate: _Send, entry: LedgerEntry | None) -> str:
         return "send"
     if is_older(candidate.version, entry.newest_version):
         return "stale"
-    if entry.status not in (FAILED, PARKED) and entry.body_hash == candidate.order.body_hash:
+    if entry.status not in (OWED, PARKED) and entry.body_hash == candidate.order.body_hash:
         return "unchanged"  # what Kapture last received (a later invalid row changed nothing there)
     if entry.status == PARKED and entry.pending_hash == candidate.order.body_hash:
         return "parked"  # refused too often as it is: sent again once its row changes

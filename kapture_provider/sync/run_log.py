@@ -12,7 +12,7 @@ from typing import Any
 
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-from kapture_provider.sync.ledger import parse_time, time_text
+from kapture_provider.sync.times import parse_time, time_text
 
 
 class RunLog:

@@ -22,10 +22,13 @@ from kapture_provider.metrics import RequestMetrics, emit_owed, emit_run, metric
 from kapture_provider.payload import ORDER_ID_PATH, MappingError, NullValues, check_null_values
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
 from kapture_provider.sync.engine import OrderSync, SyncSummary
-from kapture_provider.sync.ledger import Ledger, LedgerNotSupported, parse_time
+from kapture_provider.sync.lease import Lease, LeaseHolder
+from kapture_provider.sync.ledger import Ledger
+from kapture_provider.sync.ledger_sql import LedgerNotSupported
 from kapture_provider.sync.newest import NewestRowCheck, SourceInconsistency, newest_per_order
 from kapture_provider.sync.run_log import RunLog
 from kapture_provider.sync.source import Parameters, count_rows, describe, stream_rows, strip_sql
+from kapture_provider.sync.times import parse_time
 from kapture_provider.transfers.window import SyncWindow, WindowError, resolve_window
 
 if TYPE_CHECKING:
@@ -88,6 +91,9 @@ class SqlToKaptureOrdersOperator(BaseOperator):
     :param shard_count: how many shards the sync is split into (default 1: no sharding).
     :param count_rows: count the query's rows first (one ``COUNT(*)`` over it), so that progress lines say
         how far the run is and when it should end. Turn it off when running the query twice is costly.
+    :param lease_timeout: seconds to wait while another run holds the ledger's lease for this shard (default
+        an hour); past it the task fails naming that run. Runs of one ledger and shard never send at once;
+        a dry run does not wait (it sends nothing).
     :return: the run summary (counts, duration, throughput, failed and invalid order ids with reasons).
     """
 
@@ -129,6 +135,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         shard_index: int = 0,
         shard_count: int = 1,
         count_rows: bool = True,
+        lease_timeout: float = 3600.0,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -158,6 +165,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.shard_index = shard_index
         self.shard_count = shard_count
         self.count_rows = count_rows
+        self.lease_timeout = lease_timeout
 
     def execute(self, context: Context) -> dict[str, Any]:
         source = _db_hook(self.sql_conn_id)
@@ -184,6 +192,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             dry_run=self.is_dry_run,
             shard=(self.shard_index, self.shard_count),
             park_after_refusals=self.park_after_refusals,
+            lease=self._lease(context, ledger),
         )
         check: NewestRowCheck | None = None
         chunks = None
@@ -250,6 +259,15 @@ class SqlToKaptureOrdersOperator(BaseOperator):
                 f"{err}. {hint.capitalize()} to a {LEDGER_DATABASES} database (the team's PostgreSQL, say); "
                 "nothing was read or sent"
             ) from None
+
+    def _lease(self, context: Context, ledger: Ledger) -> Lease:
+        """The lease this run holds while it sends: one run at a time per ledger and shard."""
+        ti = context.get("ti")  # absent when execute() is called outside a task run
+        map_index = getattr(ti, "map_index", None)
+        run_id = getattr(ti, "run_id", None) or "(no run id)"
+        holder = LeaseHolder.this_process(self.dag_id, run_id, self.task_id, -1 if map_index is None else map_index)
+        shard = (self.shard_index, self.shard_count)
+        return Lease(ledger, holder, shard=shard, timeout=self.lease_timeout)
 
     def _window(self, context: Context, run_log: RunLog) -> SyncWindow | None:
         """This run's window, when the query is bound to one (``window_parameters``)."""
@@ -352,7 +370,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if summary.kapture_down:
             reasons.append(
                 "Kapture was unavailable: sending stopped after too many orders in a row failed on retries, "
-                "the rest were recorded as failed with their bodies pending"
+                "the rest were recorded as owed, with their bodies, for the next runs"
             )
         bad = summary.own_failed + summary.invalid
         if bad > self.failure_floor and summary.failure_ratio > self.max_failed_ratio:

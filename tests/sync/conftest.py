@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from kapture_provider.sync.ledger import COLUMNS
+from kapture_provider.sync.ledger_schema import COLUMNS
 from kapture_provider.testing.warehouse import ERP_ORDERS_DDL, MYSQL_ERP_ORDERS_DDL, insert_orders
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ LEDGER_TABLE = "kapture_order_sync_ledger"
 TEST_TABLES = (
     "erp_orders",
     "order_changes",
-    *(f"{t}{r}" for t in (LEDGER_TABLE, "kapture_changes_ledger") for r in ("", "_runs")),
+    *(f"{t}{r}" for t in (LEDGER_TABLE, "kapture_changes_ledger") for r in ("", "_runs", "_lease")),
 )
 WAREHOUSE_CONN_ID = "erp_warehouse"
 PG_DSN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}

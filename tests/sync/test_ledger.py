@@ -15,15 +15,13 @@ from hypothesis import strategies as st
 from kapture_provider.compat import BaseHook
 from kapture_provider.sync.ledger import (
     DELIVERED,
-    FAILED,
     INVALID,
-    TIME_FORMAT,
+    OWED,
     Ledger,
-    LedgerNotSupported,
     Outcome,
-    parse_time,
-    time_text,
 )
+from kapture_provider.sync.ledger_sql import LedgerNotSupported
+from kapture_provider.sync.times import TIME_FORMAT, parse_time, time_text
 
 NOW = "2026-11-27T10:00:00.000000Z"
 LATER = "2026-11-27T11:00:00.000000Z"
@@ -61,7 +59,7 @@ def test_outcomes_recorded_by_many_threads_at_once_are_all_kept(any_warehouse: A
         for n in range(per_thread):
             order_id = f"{thread}-{n}"
             if n % 10 == 0:  # a failed one now and then, with the body it still owes
-                ledger.record([Outcome(order_id, FAILED, "h", None, b'{"x": 1}', "HTTP 500")], NOW)
+                ledger.record([Outcome(order_id, OWED, "h", None, b'{"x": 1}', "HTTP 500")], NOW)
             else:
                 ledger.record([Outcome(order_id, DELIVERED, "h", f"n:{n}")], NOW)
 
@@ -74,7 +72,7 @@ def test_outcomes_recorded_by_many_threads_at_once_are_all_kept(any_warehouse: A
 
     rows = any_warehouse.ledger()
     assert len(rows) == threads * per_thread
-    failed = {order_id for order_id, row in rows.items() if row["status"] == FAILED}
+    failed = {order_id for order_id, row in rows.items() if row["status"] == OWED}
     assert failed == {f"{t}-{n}" for t in range(threads) for n in range(0, per_thread, 10)}
     assert all(json.loads(rows[order_id]["pending_body"]) == {"x": 1} for order_id in failed)
 
@@ -86,7 +84,7 @@ def test_one_batch_of_every_kind_of_outcome_is_committed_whole(any_warehouse: An
     ledger.record(
         [
             Outcome("A-1", DELIVERED, "h1", "n:1"),
-            Outcome("B-2", FAILED, "h2", "n:1", '{"name": "Kavya Nair — ಕಾವ್ಯ"}'.encode(), "HTTP 500"),
+            Outcome("B-2", OWED, "h2", "n:1", '{"name": "Kavya Nair — ಕಾವ್ಯ"}'.encode(), "HTTP 500"),
             Outcome("C-3", INVALID, error="customer_info.customer_name: is missing or empty (mandatory)"),
             Outcome("A-1", DELIVERED, "h1b", "n:2"),
         ],
@@ -97,7 +95,7 @@ def test_one_batch_of_every_kind_of_outcome_is_committed_whole(any_warehouse: An
     rows = any_warehouse.ledger()
     assert {k: (v["status"], v["body_hash"], v["version"], v["attempts"]) for k, v in rows.items()} == {
         "A-1": (DELIVERED, "h1b", "n:2", 2),
-        "B-2": (FAILED, None, None, 1),
+        "B-2": (OWED, None, None, 1),
         "C-3": (INVALID, None, None, 1),
     }
     assert json.loads(rows["B-2"]["pending_body"]) == {"name": "Kavya Nair — ಕಾವ್ಯ"}
@@ -128,9 +126,9 @@ def test_failing_since_is_the_first_failure_since_the_last_delivery(any_warehous
     def failing_since() -> Any:
         return any_warehouse.ledger()["A-1"]["failing_since"]
 
-    ledger.record([Outcome("A-1", FAILED, "h", None, b"{}", "HTTP 503")], NOW)
+    ledger.record([Outcome("A-1", OWED, "h", None, b"{}", "HTTP 503")], NOW)
     assert failing_since() == NOW
-    ledger.record([Outcome("A-1", FAILED, "h", None, b"{}", "HTTP 503")], LATER)
+    ledger.record([Outcome("A-1", OWED, "h", None, b"{}", "HTTP 503")], LATER)
     assert failing_since() == NOW
     ledger.record([Outcome("A-1", DELIVERED, "h", None)], LATER)
     assert failing_since() is None
@@ -163,7 +161,7 @@ def test_a_ledger_created_by_version_0_1_0_is_brought_up_to_date(any_warehouse: 
     ledger = warehouse_ledger()
 
     ledger.create()
-    ledger.record([Outcome("ab-1", FAILED, "h", None, b"{}", "HTTP 500")], LATER)  # a different order
+    ledger.record([Outcome("ab-1", OWED, "h", None, b"{}", "HTTP 500")], LATER)  # a different order
     found = ledger.lookup(["AB-1", "ab-1"])
     ledger.close()
 
@@ -185,9 +183,9 @@ def test_schema_qualified_ledger_table(any_warehouse: Any) -> None:
     try:
         ledger.create()
         ledger.create()  # idempotent
-        ledger.record([Outcome("A-1", DELIVERED, "h", "n:1"), Outcome("B-2", FAILED, "h", None, b"{}", "x")], NOW)
+        ledger.record([Outcome("A-1", DELIVERED, "h", "n:1"), Outcome("B-2", OWED, "h", None, b"{}", "x")], NOW)
         assert set(ledger.lookup(["A-1", "B-2"])) == {"A-1", "B-2"}
-        assert [p.order_id for p in ledger.pending(LATER)] == ["B-2"]
+        assert [p.order_id for p in ledger.owed_bodies(LATER)] == ["B-2"]
     finally:
         ledger.close()
     assert sorted(r[0] for r in any_warehouse.query(f"SELECT order_id FROM {schema}.kapture_ledger")) == ["A-1", "B-2"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kapture_provider.compat import BaseHook
-from kapture_provider.sync.ledger import DELIVERED, FAILED, INVALID, PARKED, Ledger, Outcome, OwedSummary
+from kapture_provider.sync.ledger import DELIVERED, INVALID, OWED, PARKED, Ledger, Outcome, OwedSummary
 
 TABLE = "kapture_order_sync_ledger"
 T1, T2, T3 = "2026-11-26T01:10:00.000000Z", "2026-11-26T02:10:00.000000Z", "2026-11-26T03:10:00.000000Z"
@@ -20,7 +20,7 @@ def ledger() -> Ledger:
     return Ledger(BaseHook.get_connection("erp_warehouse").get_hook(), TABLE)  # what the fixtures point at
 
 
-def refused(order_id: str, refusals: int, status: str = FAILED) -> Outcome:
+def refused(order_id: str, refusals: int, status: str = OWED) -> Outcome:
     error = f"order {order_id}: Kapture refused the order ({refusals})"
     return Outcome(order_id, status, f"h-{order_id}", "n:1", BODY, error, refusals=refusals)
 
@@ -40,9 +40,9 @@ def test_owed_and_parked_orders_failing_longest_first(any_warehouse: Any) -> Non
     assert summary == OwedSummary(owed=3, oldest_failing_since=T1, max_attempts=2, parked=1)  # A, B, C; E
     assert one_shard == OwedSummary(owed=1, oldest_failing_since=T2, max_attempts=1, parked=1)  # C; E
     assert [(o.order_id, o.status, o.attempts, o.refusals, o.failing_since, o.last_attempt_at) for o in orders] == [
-        ("B", FAILED, 2, 2, T1, T3),  # failing since its first refusal, not since its last
-        ("C", FAILED, 1, 1, T2, T2),
-        ("A", FAILED, 2, 1, T3, T3),  # delivered at T1: failing only since T3
+        ("B", OWED, 2, 2, T1, T3),  # failing since its first refusal, not since its last
+        ("C", OWED, 1, 1, T2, T2),
+        ("A", OWED, 2, 1, T3, T3),  # delivered at T1: failing only since T3
     ]  # E (also failing since T3) is left out by the limit; D is the warehouse's to fix, F is delivered
     assert orders[0].last_error == "order B: Kapture refused the order (2)"
     assert "Quintessa" not in repr(orders) and "9012345601" not in repr(orders)  # never the pending body
