@@ -57,7 +57,11 @@ def find_order(ledger: Ledger, order_id: str) -> OrderRecord | None:
     if row is None:
         return None
     by, at = last_retry or (None, None)
-    return OrderRecord(text(row[0]), text(row[1]), int(row[2] or 0), int(row[3]), *row[4:9], by, at)
+    last_error, first_seen_at, last_attempt_at, delivered_at, failing_since = row[4:9]
+    return OrderRecord(
+        text(row[0]), text(row[1]), int(row[2] or 0), int(row[3]), last_error, first_seen_at, last_attempt_at,
+        delivered_at, failing_since, by, at,
+    )  # fmt: skip
 
 
 def retry_parked(ledger: Ledger, actor: str, order_id: str | None = None) -> list[str]:
