@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import httpx
 from airflow.api_fastapi.app import get_auth_manager
 from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
 from airflow.api_fastapi.common.db.common import SessionDep
@@ -52,6 +53,7 @@ LEDGER_CACHE_SECONDS = 30
 CSRF_MAX_AGE = 3600
 #: What a viewer is told when a ledger cannot be read; the error itself goes to the API server's log.
 LEDGER_ERROR = "The ledger could not be read; the API server's log has the error."
+RUNS_ERROR = "The runs could not be read from Airflow's REST API; the API server's log has the error."
 HIDDEN = "This ledger is shared with DAGs you may not read, so its orders are not shown."
 
 _templates = Environment(loader=PackageLoader("kapture_provider.ui"), autoescape=select_autoescape())
@@ -185,6 +187,9 @@ def _views(request: Request, user: Any, session: Session, reads: LedgerReads) ->
     api = RestApi(_base_url(request), _token(request))
     try:
         tasks = sync_tasks(api, RUNS_SHOWN)
+    except httpx.HTTPError:
+        log.exception("Kapture page: reading the sync tasks' runs from the REST API at %s failed", _base_url(request))
+        raise HTTPException(502, RUNS_ERROR) from None
     finally:
         api.close()
     users: dict[LedgerKey, set[str]] = {}

@@ -10,6 +10,7 @@ rendered fields (``ledger_conn_id``, else ``sql_conn_id``, and ``ledger_table``)
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -20,8 +21,10 @@ from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 OPERATOR = SqlToKaptureOrdersOperator.__name__
 DEFAULT_LEDGER_TABLE = "kapture_order_sync_ledger"
-#: Task instances read per page load (the newest first), across all sync tasks.
+#: Task instances read per page load (the newest first), across all sync tasks, in pages of the REST API's
+#: default ``[api] maximum_page_limit``.
 TASK_INSTANCES_READ = 500
+PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -80,17 +83,31 @@ class RestApi:
 
 def sync_tasks(api: RestApi, runs_per_task: int = 10) -> list[SyncTask]:
     """The sync tasks the API's user may read, by DAG and task id, each with its last runs."""
-    listed = api.get(
-        "/dags/~/dagRuns/~/taskInstances", operator=OPERATOR, order_by="-run_after", limit=TASK_INSTANCES_READ
-    )
     instances: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for ti in (listed or {}).get("task_instances", []):
-        if ti.get("operator") == OPERATOR:  # older API servers ignore the filter
-            instances[(ti["dag_id"], ti["task_id"])].append(ti)
+    seen: set[tuple[str, str, str, int]] = set()  # a page may repeat an instance when runs start meanwhile
+    for ti in _newest_task_instances(api):
+        key = (ti["dag_id"], ti["task_id"], ti["dag_run_id"], ti["map_index"])
+        if ti.get("operator") == OPERATOR and key not in seen:  # older API servers ignore the filter
+            seen.add(key)
+            instances[key[:2]].append(ti)
     return [
         _sync_task(api, dag_id, task_id, instances[(dag_id, task_id)], runs_per_task)
         for dag_id, task_id in sorted(instances)
     ]
+
+
+def _newest_task_instances(api: RestApi) -> Iterator[dict[str, Any]]:
+    """Up to :data:`TASK_INSTANCES_READ` task instances of the operator, newest first, a page at a time."""
+    read = 0
+    while read < TASK_INSTANCES_READ:
+        page = api.get(
+            "/dags/~/dagRuns/~/taskInstances", operator=OPERATOR, order_by="-run_after", offset=read, limit=PAGE_SIZE
+        )
+        listed = (page or {}).get("task_instances", [])
+        yield from listed
+        read += len(listed)
+        if len(listed) < PAGE_SIZE:
+            return
 
 
 def _sync_task(api: RestApi, dag_id: str, task_id: str, tis: list[dict[str, Any]], runs: int) -> SyncTask:
