@@ -126,13 +126,20 @@ def _sync_task(api: RestApi, dag_id: str, task_id: str, tis: list[dict[str, Any]
             )
         )  # fmt: skip
     fields = next((ti.get("rendered_fields") for ti in shown if ti.get("rendered_fields")), None)
+    if fields is None and shown:  # Airflow 3.1 lists task instances without them: ask for the newest one
+        fields = (api.get(_task_instance_path(shown[0])) or {}).get("rendered_fields") or None
     return SyncTask(dag_id, task_id, *_ledger_location(fields), task_runs)
 
 
+def _task_instance_path(ti: dict[str, Any]) -> str:
+    dag_id, run_id, task_id = (quote(str(ti[key]), safe="") for key in ("dag_id", "dag_run_id", "task_id"))
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+    return path if ti["map_index"] < 0 else f"{path}/{ti['map_index']}"
+
+
 def _summary(api: RestApi, ti: dict[str, Any]) -> Any:
-    path = "/dags/{}/dagRuns/{}/taskInstances/{}/xcomEntries/return_value".format(
-        *(quote(str(ti[key]), safe="") for key in ("dag_id", "dag_run_id", "task_id"))
-    )
+    dag_id, run_id, task_id = (quote(str(ti[key]), safe="") for key in ("dag_id", "dag_run_id", "task_id"))
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
     entry = api.get(path, map_index=ti["map_index"])
     return entry.get("value") if isinstance(entry, dict) else None
 
