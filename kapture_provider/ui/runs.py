@@ -1,30 +1,30 @@
-"""The sync tasks and their last runs, read from Airflow's metadata database for the Kapture page.
+"""The sync tasks and their last runs, read through Airflow's public REST API as the page's user.
 
-A sync task is a task instance of :class:`~kapture_provider.transfers.sql_to_kapture.SqlToKaptureOrdersOperator`.
-Each run's counts, rates and window come from the summary the task returned (its ``return_value`` XCom); where
-its ledger lives, from the task's rendered template fields (``ledger_conn_id``, else ``sql_conn_id``, and
-``ledger_table``) as the newest run rendered them. Runs on the API server only (Airflow 3.1+).
+A sync task is a task of :class:`~kapture_provider.transfers.sql_to_kapture.SqlToKaptureOrdersOperator`.
+The API server's own ``/api/v2`` is called with the caller's token, so Airflow applies the caller's
+permissions: only the DAGs they may read come back. Each run's counts, rates and window come from the
+summary the task returned (its ``return_value`` XCom); where its ledger lives, from the task instance's
+rendered fields (``ledger_conn_id``, else ``sql_conn_id``, and ``ledger_table``) of its newest run.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
-from airflow.models.dagrun import DagRun
-from airflow.models.renderedtifields import RenderedTaskInstanceFields
-from airflow.models.taskinstance import TaskInstance
-from airflow.models.xcom import XComModel
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+import httpx
 
 from kapture_provider.transfers.sql_to_kapture import SqlToKaptureOrdersOperator
 
 OPERATOR = SqlToKaptureOrdersOperator.__name__
 DEFAULT_LEDGER_TABLE = "kapture_order_sync_ledger"
+#: Task instances read per page load (the newest first), across all sync tasks, in pages of the REST API's
+#: default ``[api] maximum_page_limit``.
+TASK_INSTANCES_READ = 500
+PAGE_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,8 @@ class TaskRun:
     """One run of a sync task (one per shard when the task is mapped)."""
 
     run_id: str
-    logical_date: datetime | None
-    interval_start: datetime | None
-    interval_end: datetime | None
+    logical_date: str | None
+    run_after: str | None
     state: str | None  # the task instance's
     map_index: int
     summary: dict[str, Any] | None  # the summary's counts and rates; None until the task returned one
@@ -51,75 +50,98 @@ class SyncTask:
     ledger_table: str | None
     runs: list[TaskRun]
 
+    @property
+    def ledger(self) -> tuple[str, str] | None:
+        """``(connection id, table)`` of its ledger, once known."""
+        if self.ledger_conn_id is None or self.ledger_table is None:
+            return None
+        return self.ledger_conn_id, self.ledger_table
 
-def sync_tasks(session: Session, dag_ids: Iterable[str], runs_per_dag: int = 10) -> list[SyncTask]:
-    """The sync tasks of these DAGs (those with task instances of the sync operator), by DAG and task id."""
-    pairs = session.execute(
-        select(TaskInstance.dag_id, TaskInstance.task_id)
-        .where(TaskInstance.operator == OPERATOR, TaskInstance.dag_id.in_(list(dag_ids)))
-        .distinct()
-    ).all()
-    task_ids: dict[str, set[str]] = defaultdict(set)
-    for dag_id, task_id in pairs:
-        task_ids[dag_id].add(task_id)
+
+class RestApi:
+    """Airflow's public REST API (``/api/v2``) of this API server, called as one user."""
+
+    def __init__(self, base_url: str, token: str, transport: httpx.BaseTransport | None = None):
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v2",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+            transport=transport,
+        )
+
+    def get(self, path: str, **params: Any) -> Any:
+        """The JSON answer to ``GET path``, or None when it is 404; any other error raises."""
+        answer = self._client.get(path, params=params)
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        return answer.json()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def sync_tasks(api: RestApi, runs_per_task: int = 10) -> list[SyncTask]:
+    """The sync tasks the API's user may read, by DAG and task id, each with its last runs."""
+    instances: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    seen: set[tuple[str, str, str, int]] = set()  # a page may repeat an instance when runs start meanwhile
+    for ti in _newest_task_instances(api):
+        key = (ti["dag_id"], ti["task_id"], ti["dag_run_id"], ti["map_index"])
+        if ti.get("operator") == OPERATOR and key not in seen:  # older API servers ignore the filter
+            seen.add(key)
+            instances[key[:2]].append(ti)
     return [
-        task
-        for dag_id in sorted(task_ids)
-        for task in _dag_sync_tasks(session, dag_id, sorted(task_ids[dag_id]), runs_per_dag)
+        _sync_task(api, dag_id, task_id, instances[(dag_id, task_id)], runs_per_task)
+        for dag_id, task_id in sorted(instances)
     ]
 
 
-def _dag_sync_tasks(session: Session, dag_id: str, task_ids: list[str], runs_per_dag: int) -> list[SyncTask]:
-    dag_runs = session.scalars(
-        select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc()).limit(runs_per_dag)
-    ).all()
-    run_ids = [run.run_id for run in dag_runs]
-    in_runs = (TaskInstance.dag_id == dag_id, TaskInstance.run_id.in_(run_ids), TaskInstance.task_id.in_(task_ids))
-    instances = session.execute(
-        select(TaskInstance.task_id, TaskInstance.run_id, TaskInstance.map_index, TaskInstance.state).where(*in_runs)
-    ).all()
-    summaries = {
-        (x.task_id, x.run_id, x.map_index): XComModel.deserialize_value(x)
-        for x in session.scalars(
-            select(XComModel).where(
-                XComModel.dag_id == dag_id,
-                XComModel.run_id.in_(run_ids),
-                XComModel.task_id.in_(task_ids),
-                XComModel.key == "return_value",
-            )
+def _newest_task_instances(api: RestApi) -> Iterator[dict[str, Any]]:
+    """Up to :data:`TASK_INSTANCES_READ` task instances of the operator, newest first, a page at a time."""
+    read = 0
+    while read < TASK_INSTANCES_READ:
+        page = api.get(
+            "/dags/~/dagRuns/~/taskInstances", operator=OPERATOR, order_by="-run_after", offset=read, limit=PAGE_SIZE
         )
-    }
-    rendered: dict[tuple[str, str], dict[str, Any]] = {
-        (r.task_id, r.run_id): r.rendered_fields
-        for r in session.scalars(
-            select(RenderedTaskInstanceFields).where(
-                RenderedTaskInstanceFields.dag_id == dag_id,
-                RenderedTaskInstanceFields.run_id.in_(run_ids),
-                RenderedTaskInstanceFields.task_id.in_(task_ids),
-            )
-        )
-    }
+        listed = (page or {}).get("task_instances", [])
+        yield from listed
+        read += len(listed)
+        if len(listed) < PAGE_SIZE:
+            return
+
+
+def _sync_task(api: RestApi, dag_id: str, task_id: str, tis: list[dict[str, Any]], runs: int) -> SyncTask:
+    run_ids = list(dict.fromkeys(ti["dag_run_id"] for ti in tis))[:runs]  # newest first
     order = {run_id: position for position, run_id in enumerate(run_ids)}
-    by_run = {run.run_id: run for run in dag_runs}
-    tasks = []
-    for task_id in task_ids:
-        runs = [
+    shown = sorted(
+        (ti for ti in tis if ti["dag_run_id"] in order), key=lambda ti: (order[ti["dag_run_id"]], ti["map_index"])
+    )
+    task_runs = []
+    for ti in shown:
+        summary = _summary(api, ti)
+        task_runs.append(
             TaskRun(
-                run_id=run_id,
-                logical_date=by_run[run_id].logical_date,
-                interval_start=by_run[run_id].data_interval_start,
-                interval_end=by_run[run_id].data_interval_end,
-                state=None if state is None else str(state),
-                map_index=map_index,
-                summary=_counts(summaries.get((task_id, run_id, map_index))),
-                window=_window(summaries.get((task_id, run_id, map_index))),
+                run_id=ti["dag_run_id"], logical_date=ti.get("logical_date"), run_after=ti.get("run_after"),
+                state=ti.get("state"), map_index=ti["map_index"], summary=_counts(summary), window=_window(summary),
             )
-            for tid, run_id, map_index, state in sorted(instances, key=lambda i: (order[i[1]], i[2]))
-            if tid == task_id
-        ]
-        fields = next((rendered[(task_id, r)] for r in run_ids if (task_id, r) in rendered), None)
-        tasks.append(SyncTask(dag_id, task_id, *_ledger_location(fields), runs))
-    return tasks
+        )  # fmt: skip
+    fields = next((ti.get("rendered_fields") for ti in shown if ti.get("rendered_fields")), None)
+    if fields is None and shown:  # Airflow 3.1 lists task instances without them: ask for the newest one
+        fields = (api.get(_task_instance_path(shown[0])) or {}).get("rendered_fields") or None
+    return SyncTask(dag_id, task_id, *_ledger_location(fields), task_runs)
+
+
+def _task_instance_path(ti: dict[str, Any]) -> str:
+    dag_id, run_id, task_id = (quote(str(ti[key]), safe="") for key in ("dag_id", "dag_run_id", "task_id"))
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+    return path if ti["map_index"] < 0 else f"{path}/{ti['map_index']}"
+
+
+def _summary(api: RestApi, ti: dict[str, Any]) -> Any:
+    dag_id, run_id, task_id = (quote(str(ti[key]), safe="") for key in ("dag_id", "dag_run_id", "task_id"))
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
+    entry = api.get(path, map_index=ti["map_index"])
+    return entry.get("value") if isinstance(entry, dict) else None
 
 
 def _counts(summary: Any) -> dict[str, Any] | None:

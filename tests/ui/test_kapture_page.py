@@ -4,21 +4,25 @@ Set up once for the module (nothing is mocked):
 
 * a throw-away Airflow: its own ``AIRFLOW_HOME`` and SQLite metadata DB, the SimpleAuthManager in
   multi-team mode. Two DAG bundles belong to two teams: ``sales_orders_sync`` (team ``sales``; ledger in a
-  database and table of its own through ``ledger_conn_id``) and ``ops_orders_sync`` (team ``ops``; ledger
-  in its warehouse, the default). Users: ``admin``; ``alice``, a viewer in team sales; ``bob``, a viewer
-  in team ops. The auth manager lets alice read only the sales DAG and bob only the ops DAG;
+  database and table of its own through ``ledger_conn_id``; parks an order after 2 refusals) and
+  ``ops_orders_sync`` (team ``ops``; ledger in its warehouse, the default). ``shared_sales_sync`` (sales)
+  and ``shared_ops_sync`` (ops) share one ledger; ``broken_ledger_sync`` (ops) has a ledger whose file is
+  overwritten with garbage after its run. Users: ``admin``; ``alice``, a viewer in team sales; ``carol``,
+  a user (may edit DAGs) in team sales; ``bob``, a viewer in team ops;
 * the real sync, run by ``airflow dags test`` against the Kapture emulator (in this process, on
-  loopback): the sales DAG runs two hours and the emulator refuses order ``S1002`` both times, so the
-  ledger holds five delivered orders and one still owed after two attempts; the ops DAG runs one hour;
+  loopback): the sales DAG runs two hours; the emulator refuses order ``S1002`` both times (so it is
+  parked) and ``S1006`` once (so it is owed); the other DAGs run one hour;
 * ``airflow api-server`` serving the UI, the REST API and the page (the plugin comes from the installed
   package's entry point, as after ``pip install``), with ``[core] test_connection = Enabled``.
 
 Chromium (Debian's, driven through Debian's chromedriver; nothing is downloaded) logs in through
-Airflow's login form, as a user would.
+Airflow's login form, as a user would. Screenshots go to ``$KAPTURE_SCREENSHOTS`` (default: the
+temporary directory's ``kapture-page``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -30,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from itsdangerous import URLSafeTimedSerializer
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
@@ -51,21 +57,40 @@ from kapture_provider.testing.warehouse import insert_orders
 pytestmark = [
     pytest.mark.system,
     pytest.mark.skipif(not AIRFLOW_V_3_2_PLUS, reason="per-DAG access with the SimpleAuthManager needs multi-team"),
-    pytest.mark.timeout(280),
+    pytest.mark.timeout(600),  # the first test's includes setting the deployment up
+    pytest.mark.system,
 ]
 
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-USERS = {"admin": ("admin", None), "alice": ("viewer", "sales"), "bob": ("viewer", "ops")}
+USERS = {"admin": ("admin", None), "alice": ("viewer", "sales"), "carol": ("user", "sales"), "bob": ("viewer", "ops")}
 PASSWORD = "kapture-ui-test"
 SALES_DAG, OPS_DAG = "sales_orders_sync", "ops_orders_sync"
-SALES_LEDGER_TABLE = "sales_kapture_ledger"
-REFUSED = "S1002"
+SHARED_SALES_DAG, SHARED_OPS_DAG, BROKEN_DAG = "shared_sales_sync", "shared_ops_sync", "broken_ledger_sync"
+SALES_LEDGER_TABLE, SHARED_TABLE = "sales_kapture_ledger", "shared_kapture_ledger"
+PARKED = "S1002"  # refused in both sales runs: parked after the second
+OWED = "S1006"  # refused once, in the second sales run
+SECRET_KEY = "kapture-ui-test-secret-key"
 #: The runs made: an hourly run at T syncs the hour before T.
 LOGICAL_DATES = {
     SALES_DAG: ["2026-11-26T02:00:00+00:00", "2026-11-26T03:00:00+00:00"],
     OPS_DAG: ["2026-11-26T02:00:00+00:00"],
+    SHARED_SALES_DAG: ["2026-11-26T02:00:00+00:00"],
+    SHARED_OPS_DAG: ["2026-11-26T02:00:00+00:00"],
+    BROKEN_DAG: ["2026-11-26T02:00:00+00:00"],
 }
+#: team, warehouse connection and the operator's ledger arguments of each DAG
+DAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    SALES_DAG: (
+        "sales", "sales_warehouse",
+        {"ledger_conn_id": "sales_ledger", "ledger_table": SALES_LEDGER_TABLE, "park_after_refusals": 2},
+    ),
+    OPS_DAG: ("ops", "ops_warehouse", {}),
+    SHARED_SALES_DAG: ("sales", "sales_warehouse", {"ledger_conn_id": "shared_ledger", "ledger_table": SHARED_TABLE}),
+    SHARED_OPS_DAG: ("ops", "ops_warehouse", {"ledger_conn_id": "shared_ledger", "ledger_table": SHARED_TABLE}),
+    BROKEN_DAG: ("ops", "ops_warehouse", {"ledger_conn_id": "broken_ledger"}),
+}  # fmt: skip
+SCREENSHOTS = Path(os.environ.get("KAPTURE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "kapture-page")
 
 DAG_FILE = '''"""An Airflow DAG of the Kapture page test."""
 import pendulum
@@ -86,7 +111,7 @@ with DAG(
         window_parameters=("start", "end"),
         version_column="_version",
         max_failed_ratio=1.0,  # the refused order is this test's subject, not a reason to fail the run
-        **{ledger!r},
+        **{extra!r},
     )
 '''
 
@@ -125,11 +150,11 @@ class Deployment:
             return conn.execute(sql, parameters).fetchall()
 
     def ledger(self, dag_id: str) -> dict[str, dict[str, Any]]:
-        path, table = (
-            (self.home / "sales_ledger.db", SALES_LEDGER_TABLE)
-            if dag_id == SALES_DAG
-            else (self.home / "ops.db", "kapture_order_sync_ledger")
-        )
+        path, table = {
+            SALES_DAG: (self.home / "sales_ledger.db", SALES_LEDGER_TABLE),
+            OPS_DAG: (self.home / "ops.db", "kapture_order_sync_ledger"),
+            SHARED_OPS_DAG: (self.home / "shared_ledger.db", SHARED_TABLE),
+        }[dag_id]
         with sqlite3.connect(path) as conn:
             conn.row_factory = sqlite3.Row
             return {row["order_id"]: dict(row) for row in conn.execute(f"SELECT * FROM {table}")}
@@ -163,6 +188,31 @@ class Deployment:
         except ValueError:
             return status, text
 
+    def post_form(self, path: str, token: str, fields: dict[str, str]) -> tuple[int, str]:
+        """A form POST (as a browser sends it) with a bearer token; (status, text). Redirects are not followed."""
+        request = urllib.request.Request(
+            f"{self.url}{path}",
+            data=urllib.parse.urlencode(fields).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-www-form-urlencoded"},
+            method="POST",
+        )
+        opener = urllib.request.build_opener(NoRedirects)
+        try:
+            with opener.open(request, timeout=60) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def csrf_token(user: str) -> str:
+    """The retry form's CSRF token as the page gives it to ``user`` (signed with the API server's secret key)."""
+    return URLSafeTimedSerializer(SECRET_KEY, salt="kapture-page-retry").dumps(user)
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -191,11 +241,13 @@ def _airflow_env(home: Path, emulator: KaptureEmulator, port: int) -> dict[str, 
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
             "AIRFLOW__API_AUTH__JWT_SECRET": "kapture-ui-test-jwt-secret",
-            "AIRFLOW__API__SECRET_KEY": "kapture-ui-test-secret-key",
+            "AIRFLOW__API__SECRET_KEY": SECRET_KEY,
             "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
             "AIRFLOW_CONN_SALES_WAREHOUSE": json.dumps({**sqlite, "host": str(home / "sales.db")}),
             "AIRFLOW_CONN_SALES_LEDGER": json.dumps({**sqlite, "host": str(home / "sales_ledger.db")}),
             "AIRFLOW_CONN_OPS_WAREHOUSE": json.dumps({**sqlite, "host": str(home / "ops.db")}),
+            "AIRFLOW_CONN_SHARED_LEDGER": json.dumps({**sqlite, "host": str(home / "shared_ledger.db")}),
+            "AIRFLOW_CONN_BROKEN_LEDGER": json.dumps({**sqlite, "host": str(home / "broken_ledger.db")}),
             "AIRFLOW_CONN_KAPTURE_DEFAULT": emulator.connection_json(max_retries=0),
             "SE_OFFLINE": "true",
         }
@@ -211,14 +263,13 @@ def _run(env: dict[str, str], *args: str) -> None:
 def _prepare(home: Path, env: dict[str, str]) -> None:
     """Users, DAG files and warehouses; the metadata DB, the teams and the serialized DAGs."""
     (home / "passwords.json").write_text(json.dumps(dict.fromkeys(USERS, PASSWORD)))
-    ledgers = {SALES_DAG: {"ledger_conn_id": "sales_ledger", "ledger_table": SALES_LEDGER_TABLE}, OPS_DAG: {}}
-    for team, dag_id, rows in (("sales", SALES_DAG, SALES_ORDERS), ("ops", OPS_DAG, OPS_ORDERS)):
+    for team, rows in (("sales", SALES_ORDERS), ("ops", OPS_ORDERS)):
         (home / team).mkdir()
-        dag = DAG_FILE.format(dag_id=dag_id, warehouse=f"{team}_warehouse", ledger=ledgers[dag_id])
-        (home / team / f"{dag_id}.py").write_text(dag)
         with sqlite3.connect(home / f"{team}.db") as conn:
             insert_orders(conn, rows)
         conn.close()
+    for dag_id, (team, warehouse, extra) in DAGS.items():
+        (home / team / f"{dag_id}.py").write_text(DAG_FILE.format(dag_id=dag_id, warehouse=warehouse, extra=extra))
     _run(env, "db", "migrate")
     for team in ("sales", "ops"):
         _run(env, "teams", "create", team)
@@ -234,10 +285,12 @@ def deployment() -> Iterator[Deployment]:
     with KaptureEmulator() as emulator:
         env = _airflow_env(home, emulator, port)
         _prepare(home, env)
-        emulator.script_for_order(REFUSED, Fault.FAILED_BODY, Fault.FAILED_BODY)  # refused in both sales runs
+        emulator.script_for_order(PARKED, Fault.FAILED_BODY, Fault.FAILED_BODY)  # refused in both sales runs
+        emulator.script_for_order(OWED, Fault.FAILED_BODY)
         for dag_id, dates in LOGICAL_DATES.items():
             for logical_date in dates:
                 _run(env, "dags", "test", dag_id, logical_date)
+        (home / "broken_ledger.db").write_bytes(b"not a database " * 512)  # its ledger can no longer be read
         with open(home / "api-server.log", "wb") as log:
             server = subprocess.Popen(
                 [AIRFLOW, "api-server", "--port", str(port)],
@@ -345,8 +398,15 @@ def page_data(driver: Any) -> dict[str, dict[str, Any]]:
         }
         total = section.find_element(By.CSS_SELECTOR, "[data-field=owed-total]").text
         parked = section.find_element(By.CSS_SELECTOR, "[data-field=parked-total]").text
+        error = [e.text for e in section.find_elements(By.CSS_SELECTOR, "[data-field=owed-error]")]
+        buttons = section.find_elements(By.CSS_SELECTOR, "form.retry, form.retry-all")
+        bars: dict[str, list[int]] = {}
+        for bar in section.find_elements(By.CSS_SELECTOR, "svg.chart rect.bar"):
+            series = next(c for c in bar.get_attribute("class").split() if c != "bar")
+            bars.setdefault(series, []).append(int(bar.get_attribute("data-value")))
         shown[section.get_attribute("data-dag-id")] = {
-            "owed_total": total, "parked_total": parked, "owed": owed, "runs": runs
+            "owed_total": total, "parked_total": parked, "owed": owed, "runs": runs,
+            "error": error[0] if error else None, "retry_buttons": len(buttons), "chart": bars,
         }  # fmt: skip
     return shown
 
@@ -369,18 +429,42 @@ def assert_no_personal_data(text: str) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_anonymous_requests_are_refused(deployment: Deployment, browser: Any) -> None:
+def screenshot(driver: Any, name: str) -> Path:
+    """Save what the browser shows (the whole page's height) as ``name``.png in :data:`SCREENSHOTS`."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, max(1000, min(int(height) + 40, 4000)))
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.set_window_size(1400, 1000)
+    return path
+
+
+def test_anonymous_browser_is_sent_to_the_login_page_and_api_clients_are_refused(
+    deployment: Deployment, browser: Any
+) -> None:
     for path in ("/kapture/", "/kapture/api/syncs"):
         status, body = deployment.call("GET", path)
         assert status == 401, (path, status, body)
         status, body = deployment.call("GET", path, token="not-a-valid-token")
         assert status == 403, (path, status, body)
+    status, _ = deployment.post_form("/kapture/retry", "", {"dag_id": SALES_DAG, "task_id": "sync"})
+    assert status == 401
 
     browser.get(f"{deployment.url}/auth/login")
     browser.delete_all_cookies()
-    browser.get(f"{deployment.url}/kapture/")
-    assert "Not authenticated" in browser.page_source
-    assert SALES_DAG not in browser.page_source and REFUSED not in browser.page_source
+    browser.get(f"{deployment.url}/kapture/?order_id={PARKED}")
+    wait(browser, lambda d: d.find_elements(By.NAME, "username"))  # Airflow's login form
+    screenshot(browser, "anonymous")
+    assert browser.current_url.startswith(f"{deployment.url}/auth/login")
+    assert "Not authenticated" not in browser.page_source
+    assert SALES_DAG not in browser.page_source and PARKED not in browser.page_source
+    # once logged in, the login page sends the browser back to the page it asked for
+    browser.find_element(By.NAME, "username").send_keys("alice")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.found"))
+    assert browser.current_url.startswith(f"{deployment.url}/kapture/")
 
 
 def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summaries(
@@ -395,21 +479,24 @@ def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summa
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "section.sync"))
     shown = page_data(browser)
     browser.switch_to.default_content()
+    screenshot(browser, "alice-in-the-ui")
 
-    assert set(shown) == {SALES_DAG}  # alice may read the sales DAG only
+    assert set(shown) == {SALES_DAG, SHARED_SALES_DAG}  # alice may read the sales team's DAGs only
     ledger = deployment.ledger(SALES_DAG)
-    owed = {order_id: row for order_id, row in ledger.items() if row["status"] == "failed"}
+    owed = {order_id: row for order_id, row in ledger.items() if row["status"] in ("failed", "parked")}
     delivered = {order_id for order_id, row in ledger.items() if row["status"] == "delivered"}
-    assert set(owed) == {REFUSED} and delivered == {"S1001", "S1003", "S1004", "S1005", "S1006"}
+    assert {k: v["status"] for k, v in owed.items()} == {PARKED: "parked", OWED: "failed"}
+    assert delivered == {"S1001", "S1003", "S1004", "S1005"}
     sales = shown[SALES_DAG]
-    assert sales["owed_total"] == str(len(owed))
-    assert sales["parked_total"] == "0"
-    order_id, status, attempts, refusals, failing_since, last_failure, last_error = sales["owed"][REFUSED]
-    assert (order_id, status, attempts, refusals) == (REFUSED, "failed", str(owed[REFUSED]["attempts"]), "2")
+    assert (sales["owed_total"], sales["parked_total"], sales["error"]) == ("1", "1", None)
+    assert sales["retry_buttons"] == 0  # a viewer may not retry
+    order_id, status, attempts, refusals, failing_since, last_failure, last_error = sales["owed"][PARKED]
+    assert (order_id, status, attempts, refusals) == (PARKED, "parked", str(owed[PARKED]["attempts"]), "2")
     assert attempts == "2"
-    assert last_failure == owed[REFUSED]["last_attempt_at"] and last_error == owed[REFUSED]["last_error"]
-    assert failing_since == owed[REFUSED]["first_seen_at"]  # never delivered: failing since it was first seen
+    assert last_failure == owed[PARKED]["last_attempt_at"] and last_error == owed[PARKED]["last_error"]
+    assert failing_since == owed[PARKED]["first_seen_at"]  # never delivered: failing since it was first seen
     assert "Order Updation Failed" in last_error
+    assert sales["owed"][OWED][1:4] == ["failed", "1", "1"]
 
     summaries = deployment.summaries(SALES_DAG)
     assert len(summaries) == 2 and set(sales["runs"]) == set(summaries)
@@ -428,37 +515,177 @@ def test_page_in_the_ui_shows_runs_and_owed_orders_matching_the_ledger_and_summa
         assert row["state"] == state
     first, second = sorted(summaries.values(), key=lambda s: s["retried"])
     assert (first["rows_read"], first["succeeded"], first["failed"]) == (4, 3, 1)
-    assert (second["rows_read"], second["retried"], second["succeeded"], second["failed"]) == (2, 1, 2, 1)
+    assert (second["rows_read"], second["retried"], second["succeeded"], second["failed"]) == (2, 1, 1, 2)
+    assert second["parked"] == 1
+
+
+def test_chart_shows_delivered_refused_and_owed_per_run(deployment: Deployment, browser: Any) -> None:
+    log_in(browser, deployment, "alice", "/kapture/")
+    chart = page_data(browser)[SALES_DAG]["chart"]
+    svg = browser.find_element(By.CSS_SELECTOR, f"section[data-dag-id={SALES_DAG}] svg.chart")
+    browser.execute_script("arguments[0].scrollIntoView()", svg)
+    screenshot(browser, "chart")
+
+    runs = sorted(deployment.summaries(SALES_DAG).values(), key=lambda s: s["window"]["start"])  # oldest first
+    assert chart == {
+        "delivered": [s["succeeded"] for s in runs],
+        "refused": [s["failed"] for s in runs],
+        "owed": [s["still_owed"] for s in runs],
+    }
+    assert chart == {"delivered": [3, 1], "refused": [1, 2], "owed": [1, 1]}
+    heights = {
+        bar.get_attribute("data-value"): float(bar.get_attribute("height"))
+        for bar in svg.find_elements(By.CSS_SELECTOR, "rect.bar")
+    }
+    assert heights["3"] > heights["2"] > heights["1"] > 0  # drawn to scale
 
 
 def test_page_and_json_carry_no_personal_data(deployment: Deployment, browser: Any) -> None:
     log_in(browser, deployment, "admin", "/kapture/")
     html = browser.page_source
+    screenshot(browser, "admin")
     text, data = browser_json(browser, deployment)
 
-    assert {SALES_DAG, OPS_DAG} <= {sync["task"]["dag_id"] for sync in data["syncs"]}  # the admin reads both
-    assert REFUSED in html and REFUSED in text
+    dag_ids = {sync["task"]["dag_id"] for sync in data["syncs"]}
+    assert {SALES_DAG, OPS_DAG, SHARED_SALES_DAG, SHARED_OPS_DAG} <= dag_ids  # the admin reads them all
+    assert PARKED in html and PARKED in text
     assert_no_personal_data(html)
     assert_no_personal_data(text)
     assert "pending_body" not in text and "customer_info" not in html + text
 
 
-def test_user_who_may_not_read_a_dag_sees_nothing_of_it(deployment: Deployment, browser: Any) -> None:
+def test_lookup_shows_one_order_without_personal_data(deployment: Deployment, browser: Any) -> None:
+    log_in(browser, deployment, "alice", f"/kapture/?order_id={PARKED}")
+    found = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, "section.found"))
+    screenshot(browser, "lookup")
+    html = browser.page_source
+    fields = {
+        cell.get_attribute("data-field"): cell.text
+        for cell in found.find_elements(By.CSS_SELECTOR, f"table.order[data-dag-id={SALES_DAG}] td[data-field]")
+    }
+
+    row = deployment.ledger(SALES_DAG)[PARKED]
+    assert fields["status"] == "parked" and fields["attempts"] == "2" and fields["refusals"] == "2"
+    assert fields["last_error"] == row["last_error"] and "Order Updation Failed" in fields["last_error"]
+    assert fields["delivered_at"] == "never" and fields["last_attempt_at"] == row["last_attempt_at"]
+    assert_no_personal_data(html)
+    assert "INV-S1002" not in html  # nor anything else of its body
+
+    log_in(browser, deployment, "alice", "/kapture/?order_id=S1001")
+    delivered = {
+        cell.get_attribute("data-field"): cell.text
+        for cell in browser.find_elements(By.CSS_SELECTOR, f"table.order[data-dag-id={SALES_DAG}] td[data-field]")
+    }
+    assert delivered["status"] == "delivered"
+    assert delivered["delivered_at"] == deployment.ledger(SALES_DAG)["S1001"]["delivered_at"]
+
+
+def test_ledger_shared_with_dags_a_user_may_not_read_is_hidden(deployment: Deployment, browser: Any) -> None:
     log_in(browser, deployment, "bob", "/kapture/")
     shown = page_data(browser)
+    screenshot(browser, "bob")
     html = browser.page_source
     text, data = browser_json(browser, deployment)
     _, api = deployment.call("GET", "/kapture/api/syncs", token=deployment.token("bob"))
 
-    assert set(shown) == {OPS_DAG}
-    assert shown[OPS_DAG]["owed_total"] == "0"
+    assert set(shown) == {OPS_DAG, SHARED_OPS_DAG, BROKEN_DAG}
+    assert shown[OPS_DAG]["owed_total"] == "0" and shown[OPS_DAG]["error"] is None
     (run,) = shown[OPS_DAG]["runs"].values()
     assert run["succeeded"] == "2" and run["failed"] == "0"
+    # bob may read shared_ops_sync, but its ledger is shared with the sales team's shared_sales_sync
+    assert deployment.ledger(SHARED_OPS_DAG)  # which holds orders of both teams
     assert (
-        [sync["task"]["dag_id"] for sync in data["syncs"]] == [OPS_DAG] == [s["task"]["dag_id"] for s in api["syncs"]]
+        shown[SHARED_OPS_DAG]["error"]
+        == "This ledger is shared with DAGs you may not read, so its orders are not shown."
     )
-    for sales_trace in (SALES_DAG, SALES_LEDGER_TABLE, "sales_ledger", *(row[0] for row in SALES_ORDERS)):
+    assert shown[SHARED_OPS_DAG]["owed"] == {} and shown[SHARED_OPS_DAG]["owed_total"] == "?"
+    assert (
+        sorted(s["task"]["dag_id"] for s in data["syncs"])
+        == sorted(shown)
+        == sorted(s["task"]["dag_id"] for s in api["syncs"])
+    )
+    for sales_trace in (SALES_DAG, SHARED_SALES_DAG, SALES_LEDGER_TABLE, "sales_ledger",
+                        *(row[0] for row in SALES_ORDERS)):  # fmt: skip
         assert sales_trace not in html and sales_trace not in text
+    log_in(browser, deployment, "bob", "/kapture/?order_id=S1001")
+    assert "S1001" not in browser.find_element(By.CSS_SELECTOR, "section.found").text.replace("Order S1001", "")
+
+    log_in(browser, deployment, "admin", "/kapture/")
+    shared = page_data(browser)[SHARED_OPS_DAG]
+    assert shared["error"] is None and shared["owed_total"] == "0"  # the admin reads both DAGs
+
+
+def test_unreadable_ledger_is_one_sentence_for_viewers_and_the_full_error_in_the_server_log(
+    deployment: Deployment, browser: Any
+) -> None:
+    log_in(browser, deployment, "bob", "/kapture/")
+    shown = page_data(browser)[BROKEN_DAG]
+    html = browser.page_source
+
+    assert shown["error"] == "The ledger could not be read; the API server's log has the error."
+    assert "not a database" not in html and "broken_ledger.db" not in html and "Traceback" not in html
+    server_log = (deployment.home / "api-server.log").read_text()
+    assert "cannot read the ledger kapture_order_sync_ledger through connection 'broken_ledger'" in server_log
+    assert "file is not a database" in server_log  # the driver's error, with its traceback, for admins
+
+
+def test_retry_form_without_a_valid_csrf_token_is_refused(deployment: Deployment) -> None:
+    carol = deployment.token("carol")
+    fields = {"dag_id": SALES_DAG, "task_id": "sync", "order_id": PARKED}
+    for token in (None, "forged", csrf_token("alice")):  # missing, made up, and another user's
+        status, text = deployment.post_form("/kapture/retry", carol, fields | ({"csrf_token": token} if token else {}))
+        assert status == 403 and "CSRF" in text, (token, status, text)
+    assert deployment.ledger(SALES_DAG)[PARKED]["status"] == "parked"
+
+
+def test_viewer_may_not_retry(deployment: Deployment, browser: Any) -> None:
+    log_in(browser, deployment, "alice", "/kapture/")
+    assert page_data(browser)[SALES_DAG]["retry_buttons"] == 0
+
+    fields = {"dag_id": SALES_DAG, "task_id": "sync", "order_id": PARKED, "csrf_token": csrf_token("alice")}
+    status, text = deployment.post_form("/kapture/retry", deployment.token("alice"), fields)
+    assert status == 403 and "edit" in text, (status, text)
+    fields = {"dag_id": SALES_DAG, "task_id": "sync", "csrf_token": csrf_token("bob")}  # a DAG bob cannot read
+    status, _ = deployment.post_form("/kapture/retry", deployment.token("bob"), fields)
+    assert status == 404
+    assert deployment.ledger(SALES_DAG)[PARKED]["status"] == "parked"
+
+
+def test_operator_retries_a_parked_order_and_the_next_run_delivers_it(deployment: Deployment, browser: Any) -> None:
+    emulator = deployment.emulator
+    log_in(browser, deployment, "carol", "/kapture/")
+    section = f"section[data-dag-id={SALES_DAG}]"
+    assert page_data(browser)[SALES_DAG]["retry_buttons"] == 2  # the parked order's, and "Retry all 1 parked"
+    screenshot(browser, "carol-before-retry")
+    sent_before = len([r for r in emulator.requests if r.order_id == PARKED])
+    clicked_at = time.time()
+
+    browser.find_element(By.CSS_SELECTOR, f"{section} tr[data-order-id={PARKED}] form.retry button").click()
+    message = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-field=retried]"))[0].text
+    screenshot(browser, "carol-after-retry")
+
+    assert message == "1 parked order owed again: the next run sends it."
+    row = deployment.ledger(SALES_DAG)[PARKED]
+    assert (row["status"], row["refusals"]) == ("failed", 0)  # owed: every run retries it
+    with sqlite3.connect(deployment.home / "sales_ledger.db") as conn:
+        actions = conn.execute(f"SELECT actor, action, order_id, acted_at FROM {SALES_LEDGER_TABLE}_actions").fetchall()
+    assert [a[:3] for a in actions] == [("carol", "retry", PARKED)]
+    assert actions[0][3] >= dt.datetime.fromtimestamp(clicked_at - 1, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    assert len([r for r in emulator.requests if r.order_id == PARKED]) == sent_before  # nothing sent by the page
+
+    _run(deployment.env, "dags", "test", SALES_DAG, "2026-11-26T04:00:00+00:00")  # the next run
+
+    sent = [r for r in emulator.requests if r.order_id == PARKED][sent_before:]
+    assert [r.status for r in sent] == [200] and sent[0].stored  # the emulator received it, once
+    assert deployment.ledger(SALES_DAG)[PARKED]["status"] == "delivered"
+    browser.get(f"{deployment.url}/kapture/?order_id={PARKED}")
+    fields = {
+        cell.get_attribute("data-field"): cell.text
+        for cell in browser.find_elements(By.CSS_SELECTOR, f"table.order[data-dag-id={SALES_DAG}] td[data-field]")
+    }
+    screenshot(browser, "carol-lookup-after-the-run")
+    assert fields["status"] == "delivered" and fields["last_retry"].startswith("by carol at ")
+    assert fields["delivered_at"] == deployment.ledger(SALES_DAG)[PARKED]["delivered_at"]
 
 
 # --------------------------------------------------------------------------------------------------
