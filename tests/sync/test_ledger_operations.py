@@ -47,9 +47,10 @@ def test_retry_makes_a_parked_order_owed_and_records_who_and_when(ledger: Ledger
     assert (record.status, record.refusals, record.last_retry_by) == (OWED, 0, "carol")
     assert record.last_retry_at is not None and record.last_retry_at >= now
     assert record.last_error == "Order Updation Failed" and record.attempts == 1
-    assert [p.order_id for p in ledger.pending(time_text(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)))] == [
-        "P1"
-    ]  # owed again: the next run sends it
+    assert [
+        p.order_id
+        for p in ledger.owed_bodies(attempted_before=time_text(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)))
+    ] == ["P1"]  # owed again: the next run sends it
 
     assert retry_parked(ledger, "dave") == ["P2"]  # every parked order
     assert find_order(ledger, "P2").last_retry_by == "dave"  # type: ignore[union-attr]
