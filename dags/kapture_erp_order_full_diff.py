@@ -1,8 +1,8 @@
 """Nightly full-table diff ERP → Kapture: for ERPs whose ``updated_at`` cannot be trusted.
 
 Every night the whole ``erp_orders`` table is compared, order by order, with the change ledger; only new
-and changed orders (and those refused before) are sent. It shares the hourly DAG's ledger; keep their runs
-apart (one Airflow pool of 1 slot for both tasks), or an order owed to Kapture is sent by both.
+and changed orders (and those refused before) are sent. It shares the hourly DAG's ledger, whose lease keeps
+their runs apart: one waits while the other runs, so no order is sent by both.
 
 Connections: ``erp_warehouse`` (SQLite, PostgreSQL, MySQL/MariaDB or DuckDB) and ``kapture_default``.
 """
