@@ -25,6 +25,7 @@ from kapture_provider.exceptions import (
     scrub,
 )
 from kapture_provider.hooks import connection_form
+from kapture_provider.hooks.concurrency import DEFAULT_CEILING, ConcurrencyGate, ConcurrencyLimit
 from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_trust, is_loopback
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, Transport, TransportError
@@ -126,6 +127,9 @@ class KaptureHook(BaseHook):
 
     :param kapture_conn_id: the Airflow connection id.
     :param max_requests_per_second: space requests evenly across all threads using this hook.
+    :param max_concurrency: the most requests in flight at once; below it the number adapts to Kapture's
+        latency and 429s (see :mod:`kapture_provider.hooks.concurrency`).
+    :param concurrency: a fixed number of requests in flight instead (no adapting).
     """
 
     conn_name_attr = "kapture_conn_id"
@@ -151,11 +155,15 @@ class KaptureHook(BaseHook):
         max_retries: int | None = None,
         pool_size: int | None = None,
         max_requests_per_second: float | None = None,
+        max_concurrency: int = DEFAULT_CEILING,
+        concurrency: int | None = None,
     ):
         super().__init__()
         self.kapture_conn_id = kapture_conn_id
         self._overrides = {"timeout": timeout, "max_retries": max_retries, "pool_size": pool_size}
         self.throttle = RequestThrottle(max_requests_per_second)  # adaptive unless a rate is given
+        limit = ConcurrencyLimit(concurrency or max_concurrency, fixed=concurrency is not None)
+        self.concurrency = ConcurrencyGate(limit)  # shared by every thread using this hook
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
@@ -303,16 +311,20 @@ class KaptureHook(BaseHook):
         with self._lock:
             self.requests_sent += 1
         transport = self.transport
-        sent_at = time.monotonic()
+        self.concurrency.acquire()
+        sent_at, status = time.monotonic(), None
         try:
             answer = transport.post(path, data)
+            status = answer.status
         except TransportError as err:
-            self.throttle.observe(None, time.monotonic() - sent_at)
             text = f"{_prefix(order_id)}{err}"
             if err.permanent:  # TLS trust, client certificate, proxy credentials: settings to change
                 raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
             raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
-        self.throttle.observe(answer.status, time.monotonic() - sent_at)
+        finally:
+            round_trip = time.monotonic() - sent_at
+            self.concurrency.release(status, round_trip)
+            self.throttle.observe(status, round_trip)
         return _classify(answer, order_id, data, f"order {order_id}: Kapture" if order_id else transport.host)
 
     def close(self) -> None:

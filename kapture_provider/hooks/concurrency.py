@@ -1,0 +1,159 @@
+"""How many requests one hook keeps in flight: a latency-gradient limiter, and the gate that applies it.
+
+:class:`ConcurrencyLimit` is pure logic fed with answers and the time (unit-testable). It follows TCP
+Vegas and Netflix's concurrency-limits (gradient limiter): answers are taken in short windows; while
+the window's median round trip stays within ``TOLERANCE`` × the floor (the fastest window of the last
+few), more requests in flight bring more throughput and the limit grows — doubling per window at first
+(slow start), then by √limit; when the round trip rises above that (Kapture is queueing), the limit
+shrinks by the gradient floor / now. A throttle answer (429, 503) cuts it too. The floor is a sliding
+minimum, so a Kapture that became slower for good is accepted as the new normal within a few windows.
+
+:class:`ConcurrencyGate` admits at most the current limit of requests at once, for every thread of a
+hook, and logs the limit's changes (one line every ``LOG_EVERY`` seconds at most).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import threading
+import time
+from collections import deque
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CEILING = 64
+INITIAL = 8
+#: A window closes once it is this old and holds this many answers.
+WINDOW_SECONDS = 0.25
+WINDOW_ANSWERS = 8
+#: The floor is the lowest median round trip of this many last windows.
+FLOOR_WINDOWS = 5
+#: Round trips up to this multiple of the floor count as "not queueing".
+TOLERANCE = 1.5
+#: The most one window can cut: limit × (1 - MAX_CUT).
+MAX_CUT = 0.25
+#: A throttle answer multiplies the limit by this, at most once per window.
+THROTTLED_CUT = 0.9
+LOG_EVERY = 5.0
+THROTTLE_STATUSES = frozenset({429, 503})
+
+
+class ConcurrencyLimit:
+    """The number of requests to keep in flight, from the answers' round trips and throttle answers.
+
+    :param ceiling: the limit never exceeds this.
+    :param fixed: keep the limit at ``ceiling`` whatever the answers say.
+    :param initial: where an adaptive limit starts.
+    """
+
+    def __init__(self, ceiling: int = DEFAULT_CEILING, *, fixed: bool = False, initial: int = INITIAL):
+        if ceiling < 1:
+            raise ValueError("the concurrency ceiling must be at least 1")
+        self.ceiling = ceiling
+        self.fixed = fixed
+        self._limit = float(ceiling if fixed else min(initial, ceiling))
+        self._slow_start = True
+        self._window_start: float | None = None
+        self._window: list[float] = []  # round trips of the accepted answers in this window
+        self._busiest = 0  # the most requests in flight seen in this window
+        self._throttled = False  # a throttle answer cut the limit in this window
+        self._medians: deque[float] = deque(maxlen=FLOOR_WINDOWS)
+        #: (time, limit) each time the limit changed: for logs, plots and the run summary.
+        self.history: list[tuple[float, int]] = []
+
+    @property
+    def limit(self) -> int:
+        """Requests that may be in flight now."""
+        return max(1, int(self._limit))
+
+    @property
+    def floor(self) -> float | None:
+        """The round trip (s) Kapture answers in when nothing queues: the fastest recent window's median."""
+        return min(self._medians) if self._medians else None
+
+    @property
+    def latest(self) -> float | None:
+        """The last window's median round trip (s)."""
+        return self._medians[-1] if self._medians else None
+
+    def on_answer(self, status: int | None, round_trip: float, in_flight: int, now: float) -> None:
+        """Feed one answer (``status`` None: no answer, a network failure) sent with ``in_flight`` requests
+        in flight (this one included), ``round_trip`` seconds after it left."""
+        if self.fixed:
+            return
+        if status in THROTTLE_STATUSES:
+            if not self._throttled:
+                self._throttled = True
+                self._slow_start = False
+                self._set(self._limit * THROTTLED_CUT, now)
+            return
+        if status is None or status >= 500:
+            return  # says nothing about queueing
+        if self._window_start is None:
+            self._window_start = now
+        self._window.append(round_trip)
+        self._busiest = max(self._busiest, in_flight)
+        if now - self._window_start >= WINDOW_SECONDS and len(self._window) >= WINDOW_ANSWERS:
+            self._close_window(now)
+
+    def _close_window(self, now: float) -> None:
+        median = statistics.median(self._window)
+        busy = self._busiest >= self.limit / 2  # fewer in flight: nothing to learn about a higher limit
+        self._window, self._window_start, self._busiest = [], None, 0
+        throttled, self._throttled = self._throttled, False
+        self._medians.append(median)
+        floor = min(self._medians)
+        gradient = min(1.0, TOLERANCE * floor / median)
+        if gradient < 1.0:
+            self._slow_start = False
+            self._set(self._limit * max(1.0 - MAX_CUT, gradient), now)
+        elif busy and not throttled:
+            grown = self._limit * 2 if self._slow_start else self._limit + math.sqrt(self._limit)
+            self._set(grown, now)
+
+    def _set(self, limit: float, now: float) -> None:
+        before = self.limit
+        self._limit = min(float(self.ceiling), max(1.0, limit))
+        if self.limit != before:
+            self.history.append((now, self.limit))
+
+
+class ConcurrencyGate:
+    """Admits at most ``limit.limit`` requests at once across threads; feeds it their answers."""
+
+    def __init__(self, limit: ConcurrencyLimit):
+        self.limit = limit
+        self.in_flight = 0
+        self._changed = threading.Condition()
+        self._logged_at = -math.inf
+        self._logged_limit = limit.limit
+
+    def acquire(self) -> None:
+        """Wait until one more request may be in flight, and count it."""
+        with self._changed:
+            while self.in_flight >= self.limit.limit:
+                self._changed.wait()
+            self.in_flight += 1
+
+    def release(self, status: int | None, round_trip: float) -> None:
+        """Count a request as answered (``status`` None: it failed without an answer)."""
+        now = time.monotonic()
+        with self._changed:
+            self.limit.on_answer(status, round_trip, self.in_flight, now)
+            self.in_flight -= 1
+            current = self.limit.limit
+            if current > self.in_flight:
+                self._changed.notify(current - self.in_flight)
+            if current != self._logged_limit and now - self._logged_at >= LOG_EVERY:
+                self._logged_at, self._logged_limit = now, current
+                latest, floor = self.limit.latest, self.limit.floor
+                log.info(
+                    "Kapture concurrency: %d requests in flight at most (round trip %s, fastest %s)",
+                    current, _ms(latest), _ms(floor),
+                )  # fmt: skip
+
+
+def _ms(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"{1000 * seconds:.0f} ms"
