@@ -2,11 +2,12 @@
 
 :class:`ConcurrencyLimit` is pure logic fed with answers and the time (unit-testable). It follows TCP
 Vegas and Netflix's concurrency-limits (gradient limiter): answers are taken in short windows; while
-the window's median round trip stays within ``TOLERANCE`` × the floor (the fastest window of the last
-few), more requests in flight bring more throughput and the limit grows — doubling per window at first
-(slow start), then by √limit; when the round trip rises above that (Kapture is queueing), the limit
-shrinks by the gradient floor / now. A throttle answer (429, 503) cuts it too. The floor is a sliding
-minimum, so a Kapture that became slower for good is accepted as the new normal within a few windows.
+the window's median round trip stays within ``TOLERANCE`` × the floor (the fastest window seen), more
+requests in flight bring more throughput and the limit grows — doubling per window at first (slow
+start), then by √limit; when the round trip rises above that (Kapture is queueing), the limit shrinks
+by the gradient floor / now. A throttle answer (429, 503) cuts it too. When ``RELIEF_WINDOWS`` cuts in
+a row did not make the answers faster, the queue is not ours: Kapture became slower, and the round
+trip of now is its new floor.
 
 :class:`ConcurrencyGate` admits at most the current limit of requests at once, for every thread of a
 hook, and logs the limit's changes (one line every ``LOG_EVERY`` seconds at most).
@@ -19,7 +20,6 @@ import math
 import statistics
 import threading
 import time
-from collections import deque
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ INITIAL = 8
 #: A window closes once it is this old and holds this many answers.
 WINDOW_SECONDS = 0.25
 WINDOW_ANSWERS = 8
-#: The floor is the lowest median round trip of this many last windows.
-FLOOR_WINDOWS = 5
+#: After this many windows of cuts without faster answers, the round trip of now becomes the floor.
+RELIEF_WINDOWS = 3
 #: Round trips up to this multiple of the floor count as "not queueing".
 TOLERANCE = 1.5
 #: The most one window can cut: limit × (1 - MAX_CUT).
@@ -59,7 +59,11 @@ class ConcurrencyLimit:
         self._window: list[float] = []  # round trips of the accepted answers in this window
         self._busiest = 0  # the most requests in flight seen in this window
         self._throttled = False  # a throttle answer cut the limit in this window
-        self._medians: deque[float] = deque(maxlen=FLOOR_WINDOWS)
+        self._floor: float | None = None
+        self._latest: float | None = None
+        self._cut_from: float | None = None  # the median round trip when this series of cuts began
+        self._cut = 1.0  # the product of the cuts since
+        self._cut_windows = 0
         #: (time, limit) each time the limit changed: for logs, plots and the run summary.
         self.history: list[tuple[float, int]] = []
 
@@ -70,13 +74,13 @@ class ConcurrencyLimit:
 
     @property
     def floor(self) -> float | None:
-        """The round trip (s) Kapture answers in when nothing queues: the fastest recent window's median."""
-        return min(self._medians) if self._medians else None
+        """The round trip (s) Kapture answers in when nothing queues: the fastest window's median."""
+        return self._floor
 
     @property
     def latest(self) -> float | None:
         """The last window's median round trip (s)."""
-        return self._medians[-1] if self._medians else None
+        return self._latest
 
     def on_answer(self, status: int | None, round_trip: float, in_flight: int, now: float) -> None:
         """Feed one answer (``status`` None: no answer, a network failure) sent with ``in_flight`` requests
@@ -103,15 +107,28 @@ class ConcurrencyLimit:
         busy = self._busiest >= self.limit / 2  # fewer in flight: nothing to learn about a higher limit
         self._window, self._window_start, self._busiest = [], None, 0
         throttled, self._throttled = self._throttled, False
-        self._medians.append(median)
-        floor = min(self._medians)
-        gradient = min(1.0, TOLERANCE * floor / median)
+        self._latest = median
+        self._floor = median if self._floor is None else min(self._floor, median)
+        gradient = min(1.0, TOLERANCE * self._floor / median)
         if gradient < 1.0:
             self._slow_start = False
-            self._set(self._limit * max(1.0 - MAX_CUT, gradient), now)
-        elif busy and not throttled:
+            self._cut_limit(median, max(1.0 - MAX_CUT, gradient), now)
+            return
+        self._cut_from = None
+        if busy and not throttled:
             grown = self._limit * 2 if self._slow_start else self._limit + math.sqrt(self._limit)
             self._set(grown, now)
+
+    def _cut_limit(self, median: float, factor: float, now: float) -> None:
+        """Cut the limit by ``factor``, unless the cuts so far did not bring faster answers."""
+        if self._cut_from is None or median <= self._cut_from * (1 + self._cut) / 2:
+            self._cut_from, self._cut, self._cut_windows = median, 1.0, 0  # faster: the queue was ours
+        self._cut_windows += 1
+        if self._cut_windows > RELIEF_WINDOWS:  # fewer in flight, answers as slow: Kapture is slower
+            self._floor, self._cut_from = median, None
+            return
+        self._cut *= factor
+        self._set(self._limit * factor, now)
 
     def _set(self, limit: float, now: float) -> None:
         before = self.limit
