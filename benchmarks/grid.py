@@ -26,7 +26,7 @@ HEADING = "## 8. Adaptive concurrency"
 PLOT = report.HERE / "concurrency_step.png"
 LATENCIES = (0.02, 0.05, 0.15, 0.3, 0.5)
 LIMITS: tuple[float | None, ...] = (None, 50.0, 200.0)
-CLIENT_RATE = 1000.0  # requests/s this client reaches on this VM at most, only to size the runs
+CLIENT_RATE = 2500.0  # requests/s this client reaches on this VM at most, only to size the runs
 GOAL_SHARE, GOAL_THROTTLED = 0.90, 0.02
 STEP_FROM, STEP_TO, STEP_AT = 0.05, 0.3, 10.0
 
@@ -41,7 +41,7 @@ class Settings:
 
 
 FULL = Settings("full", (4, 8, 16, 32, 64), 4.0, 15.0, 15.0)
-QUICK = Settings("quick", (8, 32, 64), 2.0, 6.0, 12.0)
+QUICK = Settings("quick", (8, 32, 64), 2.0, 8.0, 12.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,7 +92,7 @@ def one_run(emulator: EmulatorProcess, orders: int, *, concurrency: int | None, 
     emulator.reset()
     prefix = f"G{time.monotonic_ns()}-"
     rows = [(f"{prefix}{n}", f"Customer {n}") for n in range(orders)]
-    hook = KaptureHook(concurrency=concurrency)
+    hook = KaptureHook(concurrency=concurrency, pool_size=concurrency or 64)
     engine = OrderSync(hook, None, progress_seconds=3600)
     if during is not None:
         during(hook)

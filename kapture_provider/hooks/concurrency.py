@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CEILING = 64
 INITIAL = 8
-#: A window closes once it is this old and holds this many answers.
+#: A window closes once it is this old (since its first request left) and holds this many answers.
 WINDOW_SECONDS = 0.25
 WINDOW_ANSWERS = 8
 #: After this many windows of cuts without faster answers, the round trip of now becomes the floor.
@@ -55,9 +55,9 @@ class ConcurrencyLimit:
         self.fixed = fixed
         self._limit = float(ceiling if fixed else min(initial, ceiling))
         self._slow_start = True
-        self._window_start: float | None = None
+        self._window_start: float | None = None  # when the window's first request left
+        self._first_answer = 0.0  # when its answer came
         self._window: list[float] = []  # round trips of the accepted answers in this window
-        self._busiest = 0  # the most requests in flight seen in this window
         self._throttled = False  # a throttle answer cut the limit in this window
         self._floor: float | None = None
         self._latest: float | None = None
@@ -82,9 +82,9 @@ class ConcurrencyLimit:
         """The last window's median round trip (s)."""
         return self._latest
 
-    def on_answer(self, status: int | None, round_trip: float, in_flight: int, now: float) -> None:
-        """Feed one answer (``status`` None: no answer, a network failure) sent with ``in_flight`` requests
-        in flight (this one included), ``round_trip`` seconds after it left."""
+    def on_answer(self, status: int | None, round_trip: float, now: float) -> None:
+        """Feed one answer (``status`` None: no answer, a network failure) that came ``round_trip`` seconds
+        after its request left."""
         if self.fixed:
             return
         if status in THROTTLE_STATUSES:
@@ -96,16 +96,17 @@ class ConcurrencyLimit:
         if status is None or status >= 500:
             return  # says nothing about queueing
         if self._window_start is None:
-            self._window_start = now
+            self._window_start, self._first_answer = now - round_trip, now
         self._window.append(round_trip)
-        self._busiest = max(self._busiest, in_flight)
         if now - self._window_start >= WINDOW_SECONDS and len(self._window) >= WINDOW_ANSWERS:
             self._close_window(now)
 
     def _close_window(self, now: float) -> None:
         median = statistics.median(self._window)
-        busy = self._busiest >= self.limit / 2  # fewer in flight: nothing to learn about a higher limit
-        self._window, self._window_start, self._busiest = [], None, 0
+        answers_per_second = len(self._window) / max(now - self._first_answer, 1e-3)
+        in_use = answers_per_second * median  # requests in flight on average (Little's law)
+        busy = in_use >= self.limit / 2  # fewer: the limit did not hold anything back, nothing to learn
+        self._window, self._window_start = [], None
         throttled, self._throttled = self._throttled, False
         self._latest = median
         self._floor = median if self._floor is None else min(self._floor, median)
@@ -158,7 +159,7 @@ class ConcurrencyGate:
         """Count a request as answered (``status`` None: it failed without an answer)."""
         now = time.monotonic()
         with self._changed:
-            self.limit.on_answer(status, round_trip, self.in_flight, now)
+            self.limit.on_answer(status, round_trip, now)
             self.in_flight -= 1
             current = self.limit.limit
             if current > self.in_flight:

@@ -307,13 +307,14 @@ class KaptureHook(BaseHook):
 
     def _attempt(self, path: str, data: bytes, order_id: str | None) -> dict[str, Any]:
         """One request: the parsed answer, a final :class:`KaptureError`, or :class:`_Retry`."""
-        self.throttle.wait()
-        with self._lock:
-            self.requests_sent += 1
         transport = self.transport
-        self.concurrency.acquire()
-        sent_at, status = time.monotonic(), None
+        self.concurrency.acquire()  # then the pace: a request leaves when its turn comes, not later
+        sent_at, status = 0.0, None
         try:
+            self.throttle.wait()
+            with self._lock:
+                self.requests_sent += 1
+            sent_at = time.monotonic()
             answer = transport.post(path, data)
             status = answer.status
         except TransportError as err:
@@ -322,7 +323,7 @@ class KaptureHook(BaseHook):
                 raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
             raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
         finally:
-            round_trip = time.monotonic() - sent_at
+            round_trip = time.monotonic() - sent_at if sent_at else 0.0
             self.concurrency.release(status, round_trip)
             self.throttle.observe(status, round_trip)
         return _classify(answer, order_id, data, f"order {order_id}: Kapture" if order_id else transport.host)

@@ -18,9 +18,10 @@ Two modes:
   - while answers are slowing down (latency above ``SLOW_FACTOR`` × the fastest seen, smoothed),
     the rate is held instead of raised.
 
-A ``Retry-After`` (:meth:`RequestThrottle.pause`) stops *every* thread while the limit is unknown,
-instead of each one discovering it and hitting the server in turn; once a rate is learned it holds
-back only the thread that was told, the cut rate sparing the others.
+A ``Retry-After`` (:meth:`RequestThrottle.pause`) stops *every* thread while the limit is unknown and
+in the second it was discovered in (the unpaced burst filled Kapture's window), instead of each one
+hitting the server in turn; later, it holds back only the thread that was told, the cut rate sparing
+the others.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class RequestThrottle:
         self._paused_until = 0.0
         self._accepted: deque[float] = deque()  # accepted answers in the last second
         self._last_decrease = -1e9
+        self._discovered_at = -1e9  # when the first throttle answer ended the unpaced start
         self._last_tick = time.monotonic()
         self._at_ceiling_since: float | None = None
         self._probe_after = PROBE_AFTER
@@ -69,12 +71,13 @@ class RequestThrottle:
         self.history: list[tuple[float, float | None]] = []
 
     def pause(self, seconds: float) -> None:
-        """Honour a ``Retry-After`` of ``seconds``: every thread waits while no rate is learned (longest
-        pause wins), only the calling one once the adaptive rate paces them."""
+        """Honour a ``Retry-After`` of ``seconds``: every thread waits while no rate is learned or it was just
+        learned (longest pause wins), only the calling one once the adaptive rate paces them."""
         with self._lock:
-            shared = not (self.adaptive and self.rate is not None)
+            now = time.monotonic()
+            shared = not self.adaptive or self.rate is None or now - self._discovered_at < 1.0
             if shared:
-                self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+                self._paused_until = max(self._paused_until, now + seconds)
         if not shared:
             time.sleep(seconds)
 
@@ -130,6 +133,8 @@ class RequestThrottle:
             return
         self._last_decrease = self._last_tick = now
         self._at_ceiling_since = None
+        if self.rate is None:
+            self._discovered_at = now
         current = self.rate if self.rate is not None else float(len(self._accepted))
         ceiling = current
         if self._probing and self.ceiling is not None:  # the probe was too high: back, and probe later

@@ -48,7 +48,7 @@ class SimulatedKapture:
                 status = 200 if accepted else 429
                 self.answered += accepted
                 self.throttled += not accepted
-                limit.on_answer(status, round_trip, in_flight, self.now)
+                limit.on_answer(status, round_trip, self.now)
             limits.append(limit.limit)
         return limits
 
@@ -104,7 +104,7 @@ def test_a_faster_kapture_lowers_the_floor_at_once() -> None:
 def test_throttle_answers_cut_the_limit_once_per_window() -> None:
     limit = ConcurrencyLimit(64, initial=40)
     for n in range(20):  # one burst of 429s within a window
-        limit.on_answer(429, 0.05, 40, 0.001 * n)
+        limit.on_answer(429, 0.05, 0.001 * n)
 
     assert limit.limit == 36  # 40 × 0.9, once
 
@@ -122,7 +122,7 @@ def test_a_rate_limit_stops_the_growth() -> None:
 def test_no_growth_while_fewer_than_half_the_limit_are_in_flight() -> None:
     limit = ConcurrencyLimit(64, initial=16)
     for n in range(1000):
-        limit.on_answer(200, 0.05, 4, 0.01 * n)  # the sender has little to send: 4 in flight
+        limit.on_answer(200, 0.05, 0.01 * n)  # the sender has little to send: 5 in flight
 
     assert limit.limit == 16
 
@@ -130,7 +130,7 @@ def test_no_growth_while_fewer_than_half_the_limit_are_in_flight() -> None:
 def test_network_failures_and_server_errors_say_nothing() -> None:
     limit = ConcurrencyLimit(64, initial=16)
     for n in range(1000):
-        limit.on_answer(None if n % 2 else 502, 30.0, 16, 0.01 * n)
+        limit.on_answer(None if n % 2 else 502, 30.0, 0.01 * n)
 
     assert limit.limit == 16
     assert limit.floor is None
@@ -140,7 +140,7 @@ def test_a_fixed_limit_never_moves() -> None:
     limit = ConcurrencyLimit(16, fixed=True)
     SimulatedKapture(base=0.05, capacity=100).run(limit, 5)
     for n in range(10):
-        limit.on_answer(429, 0.05, 16, 10 + n)
+        limit.on_answer(429, 0.05, 10 + n)
 
     assert limit.limit == 16
     assert limit.history == []
