@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CEILING = 64
 INITIAL = 8
-#: A window closes once it is this old (since its first request left) and holds this many answers.
-WINDOW_SECONDS = 0.25
+#: A window closes once it is this old (since its first request left) and holds this many answers; in
+#: slow start, a whole limit's worth (one round), so that no doubling is decided on part of a round.
+WINDOW_SECONDS = 0.4
 WINDOW_ANSWERS = 8
 #: After this many windows of cuts without faster answers, the round trip of now becomes the floor.
 RELIEF_WINDOWS = 3
@@ -98,7 +99,8 @@ class ConcurrencyLimit:
         if self._window_start is None:
             self._window_start, self._first_answer = now - round_trip, now
         self._window.append(round_trip)
-        if now - self._window_start >= WINDOW_SECONDS and len(self._window) >= WINDOW_ANSWERS:
+        answers = max(self.limit, WINDOW_ANSWERS) if self._slow_start else WINDOW_ANSWERS
+        if now - self._window_start >= WINDOW_SECONDS and len(self._window) >= answers:
             self._close_window(now)
 
     def _close_window(self, now: float) -> None:
