@@ -24,7 +24,10 @@ import time
 log = logging.getLogger(__name__)
 
 DEFAULT_CEILING = 64
+#: Where an adaptive limit starts; a ceiling up to ``SMALL_CEILING`` is a number chosen for this Kapture,
+#: and the limit starts there (it only shrinks when the answers say so).
 INITIAL = 8
+SMALL_CEILING = 16
 #: A window closes once it is this old (since its first request left) and holds this many answers; in
 #: slow start, a whole limit's worth (one round), so that no doubling is decided on part of a round.
 WINDOW_SECONDS = 0.4
@@ -46,15 +49,17 @@ class ConcurrencyLimit:
 
     :param ceiling: the limit never exceeds this.
     :param fixed: keep the limit at ``ceiling`` whatever the answers say.
-    :param initial: where an adaptive limit starts.
+    :param initial: where an adaptive limit starts (default: ``INITIAL``, or a ceiling up to ``SMALL_CEILING``).
     """
 
-    def __init__(self, ceiling: int = DEFAULT_CEILING, *, fixed: bool = False, initial: int = INITIAL):
+    def __init__(self, ceiling: int = DEFAULT_CEILING, *, fixed: bool = False, initial: int | None = None):
         if ceiling < 1:
             raise ValueError("the concurrency ceiling must be at least 1")
         self.ceiling = ceiling
         self.fixed = fixed
-        self._limit = float(ceiling if fixed else min(initial, ceiling))
+        if initial is None:
+            initial = ceiling if fixed or ceiling <= SMALL_CEILING else INITIAL
+        self._limit = float(min(initial, ceiling))
         self._slow_start = True
         self._window_start: float | None = None  # when the window's first request left
         self._first_answer = 0.0  # when its answer came

@@ -172,3 +172,10 @@ def test_the_gate_admits_no_more_than_the_limit_across_threads() -> None:
 
     assert most[0] == 3
     assert gate.in_flight == 0
+
+
+def test_a_small_ceiling_is_where_the_limit_starts() -> None:
+    """``max_concurrency=16`` set by hand starts at 16, as a fixed 16 did; the default ceiling starts low."""
+    assert ConcurrencyLimit(16).limit == 16
+    assert ConcurrencyLimit(64).limit == INITIAL
+    assert ConcurrencyLimit(3).limit == 3
