@@ -74,7 +74,7 @@ class ConcurrencyLimit:
         self.history: list[tuple[float, int]] = []
 
     @property
-    def limit(self) -> int:
+    def current(self) -> int:
         """Requests that may be in flight now."""
         return max(1, int(self._limit))
 
@@ -104,7 +104,7 @@ class ConcurrencyLimit:
         if self._window_start is None:
             self._window_start, self._first_answer = now - round_trip, now
         self._window.append(round_trip)
-        answers = max(self.limit, WINDOW_ANSWERS) if self._slow_start else WINDOW_ANSWERS
+        answers = max(self.current, WINDOW_ANSWERS) if self._slow_start else WINDOW_ANSWERS
         if now - self._window_start >= WINDOW_SECONDS and len(self._window) >= answers:
             self._close_window(now)
 
@@ -112,7 +112,7 @@ class ConcurrencyLimit:
         median = statistics.median(self._window)
         answers_per_second = len(self._window) / max(now - self._first_answer, 1e-3)
         in_use = answers_per_second * median  # requests in flight on average (Little's law)
-        busy = in_use >= self.limit / 2  # fewer: the limit did not hold anything back, nothing to learn
+        busy = in_use >= self.current / 2  # fewer: the limit did not hold anything back, nothing to learn
         self._window, self._window_start = [], None
         throttled, self._throttled = self._throttled, False
         self._latest = median
@@ -139,26 +139,26 @@ class ConcurrencyLimit:
         self._set(self._limit * factor, now)
 
     def _set(self, limit: float, now: float) -> None:
-        before = self.limit
+        before = self.current
         self._limit = min(float(self.ceiling), max(1.0, limit))
-        if self.limit != before:
-            self.history.append((now, self.limit))
+        if self.current != before:
+            self.history.append((now, self.current))
 
 
 class ConcurrencyGate:
-    """Admits at most ``limit.limit`` requests at once across threads; feeds it their answers."""
+    """Admits at most ``limit.current`` requests at once across threads; feeds it their answers."""
 
     def __init__(self, limit: ConcurrencyLimit):
         self.limit = limit
         self.in_flight = 0
         self._changed = threading.Condition()
         self._logged_at = -math.inf
-        self._logged_limit = limit.limit
+        self._logged_limit = limit.current
 
     def acquire(self) -> None:
         """Wait until one more request may be in flight, and count it."""
         with self._changed:
-            while self.in_flight >= self.limit.limit:
+            while self.in_flight >= self.limit.current:
                 self._changed.wait()
             self.in_flight += 1
 
@@ -168,7 +168,7 @@ class ConcurrencyGate:
         with self._changed:
             self.limit.on_answer(status, round_trip, now)
             self.in_flight -= 1
-            current = self.limit.limit
+            current = self.limit.current
             if current > self.in_flight:
                 self._changed.notify(current - self.in_flight)
             if current != self._logged_limit and now - self._logged_at >= LOG_EVERY:

@@ -482,7 +482,7 @@ class OrderSync:
     def _summarise_concurrency(self) -> None:
         """The concurrency the hook's controller settled on and the rate limit it learned, into the summary."""
         limit = self.hook.concurrency.limit
-        self.summary.concurrency = min(limit.limit, self.max_concurrency)
+        self.summary.concurrency = min(limit.current, self.max_concurrency)
         ceiling = self.hook.throttle.ceiling
         self.summary.learned_rate_limit = round(ceiling, 1) if ceiling is not None else None
         if self._senders is not None:

@@ -32,10 +32,10 @@ class SimulatedKapture:
         self._allowed = 0.0  # of them, those the rate limit lets through
 
     def run(self, limit: ConcurrencyLimit, seconds: float) -> list[int]:
-        """Keep ``limit.limit`` requests in flight for ``seconds``; the limit after each step."""
+        """Keep ``limit.current`` requests in flight for ``seconds``; the limit after each step."""
         limits = []
         for _ in range(round(seconds / TICK)):
-            in_flight = limit.limit
+            in_flight = limit.current
             round_trip = max(self.base, in_flight / self.capacity)
             self._owed += in_flight / round_trip * TICK
             self.now += TICK
@@ -49,7 +49,7 @@ class SimulatedKapture:
                 self.answered += accepted
                 self.throttled += not accepted
                 limit.on_answer(status, round_trip, self.now)
-            limits.append(limit.limit)
+            limits.append(limit.current)
         return limits
 
 
@@ -80,7 +80,7 @@ def test_a_slower_kapture_is_accepted_as_the_new_floor() -> None:
     kapture = SimulatedKapture(base=0.05)
     limit = ConcurrencyLimit(64)
     kapture.run(limit, 5)
-    assert limit.limit == 64
+    assert limit.current == 64
 
     kapture.base = 0.3
     limits = kapture.run(limit, 15)
@@ -106,7 +106,7 @@ def test_throttle_answers_cut_the_limit_once_per_window() -> None:
     for n in range(20):  # one burst of 429s within a window
         limit.on_answer(429, 0.05, 0.001 * n)
 
-    assert limit.limit == 36  # 40 × 0.9, once
+    assert limit.current == 36  # 40 × 0.9, once
 
 
 def test_a_rate_limit_stops_the_growth() -> None:
@@ -124,7 +124,7 @@ def test_no_growth_while_fewer_than_half_the_limit_are_in_flight() -> None:
     for n in range(1000):
         limit.on_answer(200, 0.05, 0.01 * n)  # the sender has little to send: 5 in flight
 
-    assert limit.limit == 16
+    assert limit.current == 16
 
 
 def test_network_failures_and_server_errors_say_nothing() -> None:
@@ -132,7 +132,7 @@ def test_network_failures_and_server_errors_say_nothing() -> None:
     for n in range(1000):
         limit.on_answer(None if n % 2 else 502, 30.0, 0.01 * n)
 
-    assert limit.limit == 16
+    assert limit.current == 16
     assert limit.floor is None
 
 
@@ -142,7 +142,7 @@ def test_a_fixed_limit_never_moves() -> None:
     for n in range(10):
         limit.on_answer(429, 0.05, 10 + n)
 
-    assert limit.limit == 16
+    assert limit.current == 16
     assert limit.history == []
 
 
@@ -176,6 +176,6 @@ def test_the_gate_admits_no_more_than_the_limit_across_threads() -> None:
 
 def test_a_small_ceiling_is_where_the_limit_starts() -> None:
     """``max_concurrency=16`` set by hand starts at 16, as a fixed 16 did; the default ceiling starts low."""
-    assert ConcurrencyLimit(16).limit == 16
-    assert ConcurrencyLimit(64).limit == INITIAL
-    assert ConcurrencyLimit(3).limit == 3
+    assert ConcurrencyLimit(16).current == 16
+    assert ConcurrencyLimit(64).current == INITIAL
+    assert ConcurrencyLimit(3).current == 3
