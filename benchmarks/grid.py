@@ -21,6 +21,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.fixtures import EMULATOR_PASSWORD, EMULATOR_USER, WORK, EmulatorProcess
 from benchmarks.isolation import prepare_environment
+from kapture_provider.hooks.concurrency import INITIAL
 
 HEADING = "## 8. Adaptive concurrency"
 PLOT = report.HERE / "concurrency_step.png"
@@ -207,7 +208,7 @@ def plot_step(step: dict[str, Any]) -> None:
     limit_axis = rate_axis.twinx()
     if step["limits"]:
         xs = [0.0] + [t for t, _ in step["limits"]] + [len(rate)]
-        ys = [step["limits"][0][1]] + [v for _, v in step["limits"]] + [step["limits"][-1][1]]
+        ys = [INITIAL] + [v for _, v in step["limits"]] + [step["limits"][-1][1]]
         limit_axis.step(xs, ys, where="post", color="#d6784c", label="concurrency limit")
     limit_axis.set_ylabel("requests in flight at most")
     limit_axis.set_ylim(0, 70)
