@@ -21,6 +21,8 @@ import statistics
 import threading
 import time
 
+from kapture_provider.hooks.throttle import THROTTLE_STATUSES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CEILING = 64
@@ -41,7 +43,6 @@ MAX_CUT = 0.25
 #: A throttle answer multiplies the limit by this, at most once per window.
 THROTTLED_CUT = 0.9
 LOG_EVERY = 5.0
-THROTTLE_STATUSES = frozenset({429, 503})
 
 
 class ConcurrencyLimit:
