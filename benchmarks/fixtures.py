@@ -104,6 +104,12 @@ class EmulatorProcess:
         """Forget stored orders, recorded requests and the rate window."""
         self._call("reset", {})
 
+    def configure(self, **changes: Any) -> None:
+        """Change the emulator's settings (latency, rate_limit…) while it runs."""
+        self._call("config", changes)
+        if "latency" in changes:
+            self.latency = changes["latency"]
+
     def stats(self) -> dict[str, Any]:
         return self._call("stats")  # type: ignore[no-any-return]
 

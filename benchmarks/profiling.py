@@ -2,8 +2,8 @@
 
 cProfile profiles only the thread that enables it, and its default clock is wall time, which a thread
 waiting for the GIL keeps running. So the main thread gets one profiler and each sending thread its own
-(around ``OrderSync._send_queued``, the thread's whole life: HTTP exchanges and ledger records), all
-timed with ``time.thread_time``; the merged statistics attribute CPU time, inflated evenly by the
+(around each ``OrderSync._send_queued`` call: an order's HTTP exchanges and ledger record), all timed
+with ``time.thread_time``; the merged statistics attribute CPU time, inflated evenly by the
 profiler's own overhead.
 """
 
@@ -37,7 +37,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
 
 
 class ThreadProfiler:
-    """Profiles the main thread, and each sending thread for its whole life."""
+    """Profiles the main thread, and each sending thread while it sends and records orders."""
 
     def __init__(self) -> None:
         self._profiles: list[cProfile.Profile] = []
@@ -47,18 +47,21 @@ class ThreadProfiler:
 
     def __enter__(self) -> ThreadProfiler:
         original = OrderSync._send_queued
+        per_thread = threading.local()
 
-        def profiled_sending_thread(engine: OrderSync) -> None:
-            profile = cProfile.Profile(time.thread_time)
-            with self._lock:
-                self._profiles.append(profile)
+        def profiled_send(engine: OrderSync, item: Any) -> None:
+            profile = getattr(per_thread, "profile", None)
+            if profile is None:  # this sending thread's first order
+                profile = per_thread.profile = cProfile.Profile(time.thread_time)
+                with self._lock:
+                    self._profiles.append(profile)
             profile.enable()
             try:
-                original(engine)
+                original(engine, item)
             finally:
                 profile.disable()
 
-        self._patch = mock.patch.object(OrderSync, "_send_queued", profiled_sending_thread)
+        self._patch = mock.patch.object(OrderSync, "_send_queued", profiled_send)
         self._patch.start()
         self._main.enable()
         return self

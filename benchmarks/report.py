@@ -49,8 +49,9 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-#: Sections written by other scripts (``benchmarks.ledger_cost``), kept when the full run rewrites the file.
-KEPT_HEADINGS = ("## 7. Ledger write cost per engine",)
+#: Sections written by other scripts (``benchmarks.ledger_cost``, ``benchmarks.grid``), kept when the full run
+#: rewrites the file.
+KEPT_HEADINGS = ("## 7. Ledger write cost per engine", "## 8. Adaptive concurrency", "## 9. Transport: old against new")
 
 
 def write(settings: Any, results: dict[str, Any], targets: list[dict[str, Any]]) -> None:

@@ -42,7 +42,7 @@ class Settings:
     real_sizes: tuple[int, int]
     noop_repeats: int
     latency: float = 0.05
-    default_concurrency: int = 8
+    default_concurrency: int = 64  # the operator's default ceiling (adaptive below it)
     tuned_concurrency: int = 16
     rate_limit: float = 50.0
     steady_after_s: float = 5.0

@@ -9,6 +9,7 @@ the same emulator. Prints, per case, the medians and the new/old ratios, and wri
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -24,7 +25,7 @@ from benchmarks.fixtures import WORK, EmulatorProcess
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-_START, _END = "<!-- transport:start -->", "<!-- transport:end -->"  # this script's section of RESULTS.md
+HEADING = "## 9. Transport: old against new"  # this script's section of RESULTS.md (kept by benchmarks.report)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ def child(url: str, ca: str | None, case: Case) -> None:
     extra = {"ca_bundle": ca} if ca else {}
     conn = {"conn_type": "kapture", "host": url, "login": "kapture-user", "password": "kapture-password"}
     os.environ["AIRFLOW_CONN_BENCH_KAPTURE"] = json.dumps({**conn, "extra": extra})
-    hook = KaptureHook("bench_kapture", pool_size=case.concurrency, max_retries=0)
+    fixed = {"concurrency": case.concurrency} if "concurrency" in inspect.signature(KaptureHook).parameters else {}
+    hook = KaptureHook("bench_kapture", pool_size=case.concurrency, max_retries=0, **fixed)  # type: ignore[arg-type]
     hook.check_settings()
     bodies = [order(n) for n in range(case.orders)]
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -129,13 +131,11 @@ def main() -> None:
                         figures[name].append(run_once(tree, emulator.url, ca, case))
             rows.append((scheme, case, {n: _medians(f) for n, f in figures.items()}))
             _print_row(*rows[-1])
-    text = RESULTS.read_text()
-    section = f"{_START}\n{_markdown(rows, runs)}{_END}"
-    if _START in text:
-        text = text[: text.index(_START)] + section + text[text.index(_END) + len(_END) :]
-    else:
-        text = f"{text.rstrip()}\n\n{section}\n"
-    RESULTS.write_text(text)
+    lines = RESULTS.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line == HEADING), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = _markdown(rows, runs).splitlines()
+    RESULTS.write_text("\n".join([*lines[:start], *section, *([""] if end < len(lines) else []), *lines[end:]]) + "\n")
     print(f"{RESULTS.relative_to(REPO)}: transport section written")
 
 
@@ -153,7 +153,7 @@ def _print_row(scheme: str, case: Case, medians: dict[str, dict[str, float]]) ->
 
 def _markdown(rows: list[tuple[str, Case, dict[str, dict[str, float]]]], runs: int) -> str:
     lines = [
-        "## Transport: old against new",
+        HEADING,
         "",
         f"`python -m benchmarks.transport`, {runs} alternating runs of each tree per case, medians. Rate: orders",
         "per second of client wall time (connections opened included); CPU: the client process's CPU per order.",

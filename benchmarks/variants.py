@@ -51,7 +51,7 @@ class Task:
     variant: str
     warehouse: str
     emulator_url: str = ""
-    max_concurrency: int = 8
+    max_concurrency: int = 64  # the operator's default
     max_requests_per_second: float | None = None
     dry_run: bool = False
     repeat: int = 1  # operator_noop: execute() this many times in one process

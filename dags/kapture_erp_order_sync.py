@@ -44,7 +44,6 @@ with DAG(
         sql=CHANGED_ORDERS_SQL,
         window_parameters=WINDOW_PARAMETERS,
         version_column="_version",
-        max_concurrency=8,
         # This run's own rows decide its state: up to 1% of them, or up to 3 whatever the ratio (a quiet
         # hour with one refused order stays green), may be invalid or refused; each is listed in the
         # summary and the ledger. Refused ones are retried by the next runs and parked after 3 refusals

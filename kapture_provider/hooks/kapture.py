@@ -26,6 +26,7 @@ from kapture_provider.exceptions import (
     scrub,
 )
 from kapture_provider.hooks import connection_form
+from kapture_provider.hooks.concurrency import DEFAULT_CEILING, ConcurrencyGate, ConcurrencyLimit
 from kapture_provider.hooks.network import Proxy, Trust, choose_proxy, choose_trust, is_loopback
 from kapture_provider.hooks.throttle import RequestThrottle
 from kapture_provider.hooks.transport import Answer, Transport, TransportError
@@ -137,6 +138,9 @@ class KaptureHook(BaseHook):
 
     :param kapture_conn_id: the Airflow connection id.
     :param max_requests_per_second: space requests evenly across all threads using this hook.
+    :param max_concurrency: the most requests in flight at once; below it the number adapts to Kapture's
+        latency and 429s (see :mod:`kapture_provider.hooks.concurrency`).
+    :param concurrency: a fixed number of requests in flight instead (no adapting).
     """
 
     conn_name_attr = "kapture_conn_id"
@@ -162,11 +166,15 @@ class KaptureHook(BaseHook):
         max_retries: int | None = None,
         pool_size: int | None = None,
         max_requests_per_second: float | None = None,
+        max_concurrency: int = DEFAULT_CEILING,
+        concurrency: int | None = None,
     ):
         super().__init__()
         self.kapture_conn_id = kapture_conn_id
         self._overrides = {"timeout": timeout, "max_retries": max_retries, "pool_size": pool_size}
         self.throttle = RequestThrottle(max_requests_per_second)  # adaptive unless a rate is given
+        limit = ConcurrencyLimit(concurrency or max_concurrency, fixed=concurrency is not None)
+        self.concurrency = ConcurrencyGate(limit)  # shared by every thread using this hook
         self._random = random.Random()
         self._lock = threading.Lock()
         self.requests_sent = 0
@@ -320,29 +328,29 @@ class KaptureHook(BaseHook):
 
     def _attempt(self, path: str, data: bytes, order_id: str | None) -> dict[str, Any]:
         """One request: the parsed answer, a final :class:`KaptureError`, or :class:`_Retry`."""
-        self.throttle.wait()
-        with self._lock:
-            self.requests_sent += 1
         transport = self.transport
-        sent_at = time.monotonic()
+        self.concurrency.acquire()  # then the pace: a request leaves when its turn comes, not later
+        sent_at, status = 0.0, None
         try:
+            self.throttle.wait()
+            with self._lock:
+                self.requests_sent += 1
+            sent_at = time.monotonic()
             answer = transport.post(path, data)
+            status = answer.status
         except TransportError as err:
-            self.throttle.observe(None, time.monotonic() - sent_at)
-            self._measured(None, sent_at)
             text = self.settings.secrets.redact(f"{_prefix(order_id)}{err}")
             if err.permanent:  # TLS trust, client certificate, proxy credentials: settings to change
                 raise KaptureConnectionError(text, order_id=order_id, cause=err.cause, host=err.host) from None
             raise _Retry(KaptureTransientError(text, order_id=order_id, cause=err.cause, host=err.host), None) from None
-        self.throttle.observe(answer.status, time.monotonic() - sent_at)
-        self._measured(answer.status, sent_at)
+        finally:
+            round_trip = time.monotonic() - sent_at if sent_at else 0.0
+            self.concurrency.release(status, round_trip)
+            self.throttle.observe(status, round_trip)
+            if sent_at and self.metrics is not None:  # metrics, if an operator turned them on
+                self.metrics.answered(status, round_trip)
         subject = f"order {order_id}: Kapture" if order_id else transport.host
         return _classify(answer, order_id, data, subject, self.settings.secrets)
-
-    def _measured(self, status: int | None, sent_at: float) -> None:
-        """Report one request's answer and latency to the metrics, if an operator turned them on."""
-        if self.metrics is not None:
-            self.metrics.answered(status, time.monotonic() - sent_at)
 
     def close(self) -> None:
         """Close the pooled connections."""

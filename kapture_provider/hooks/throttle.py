@@ -7,17 +7,21 @@ Two modes:
 * **adaptive** (the default): send freely until Kapture pushes back, then discover its limit with an
   additive-increase / multiplicative-decrease controller over the request *rate*:
 
-  - a throttle answer (429, or 503) marks the current rate as a ``ceiling`` and cuts the rate to
-    ``DECREASE`` × ceiling — at most once per second, so one burst of 429s counts once. The first
-    one, while still unpaced, takes the ceiling from the requests Kapture *accepted* in the last second;
+  - a throttle answer (429, or 503) marks the current rate as a ``ceiling`` (never above the one
+    learned before) and cuts the rate to ``DECREASE`` × ceiling — at most once per second, so one
+    burst of 429s counts once. The first one, while still unpaced, takes the ceiling from the
+    requests Kapture *accepted* in the last second;
   - every clean second the rate grows by ``INCREASE`` (at least one request/s) up to ``HEADROOM`` ×
-    ceiling, where it stays; after ``PROBE_AFTER`` clean seconds there the ceiling is raised by
-    ``PROBE_STEP`` to find out whether the limit went up;
+    ceiling, where it stays: a learned limit is held just under. After ``PROBE_AFTER`` clean seconds
+    there the ceiling is raised by ``PROBE_STEP`` to find out whether the limit went up; each probe
+    that ends in a 429 doubles that wait (up to ``MAX_PROBE_AFTER``);
   - while answers are slowing down (latency above ``SLOW_FACTOR`` × the fastest seen, smoothed),
     the rate is held instead of raised.
 
-In both modes a ``Retry-After`` stops *every* thread until it has passed (:meth:`RequestThrottle.pause`),
-instead of each worker discovering the limit on its own and hitting the server in turn.
+A ``Retry-After`` (:meth:`RequestThrottle.pause`) stops *every* thread while the limit is unknown and
+in the second it was discovered in (the unpaced burst filled Kapture's window), instead of each one
+hitting the server in turn; later, it holds back only the thread that was told, the cut rate sparing
+the others.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ DECREASE = 0.9
 INCREASE = 0.05
 HEADROOM = 0.97
 PROBE_AFTER = 30.0
+MAX_PROBE_AFTER = 600.0
 PROBE_STEP = 1.05
 SLOW_FACTOR = 3.0
 MIN_RATE = 1.0
@@ -55,17 +60,26 @@ class RequestThrottle:
         self._paused_until = 0.0
         self._accepted: deque[float] = deque()  # accepted answers in the last second
         self._last_decrease = -1e9
+        self._discovered_at = -1e9  # when the first throttle answer ended the unpaced start
         self._last_tick = time.monotonic()
         self._at_ceiling_since: float | None = None
+        self._probe_after = PROBE_AFTER
+        self._probing = False  # the ceiling was raised by a probe and no 429 came since
         self._fastest = float("inf")
         self._latency: float | None = None
         #: (time, rate) each time the rate changed: for plots and logs.
         self.history: list[tuple[float, float | None]] = []
 
     def pause(self, seconds: float) -> None:
-        """Hold every request back for ``seconds`` from now (longest pause wins)."""
+        """Honour a ``Retry-After`` of ``seconds``: every thread waits while no rate is learned or it was just
+        learned (longest pause wins), only the calling one once the adaptive rate paces them."""
         with self._lock:
-            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+            now = time.monotonic()
+            shared = not self.adaptive or self.rate is None or now - self._discovered_at < 1.0
+            if shared:
+                self._paused_until = max(self._paused_until, now + seconds)
+        if not shared:
+            time.sleep(seconds)
 
     def wait(self) -> None:
         """Block until this thread may send its next request."""
@@ -119,8 +133,15 @@ class RequestThrottle:
             return
         self._last_decrease = self._last_tick = now
         self._at_ceiling_since = None
+        if self.rate is None:
+            self._discovered_at = now
         current = self.rate if self.rate is not None else float(len(self._accepted))
-        self.ceiling = current
+        ceiling = current
+        if self._probing and self.ceiling is not None:  # the probe was too high: back, and probe later
+            ceiling = min(current, self.ceiling / PROBE_STEP)
+            self._probe_after = min(MAX_PROBE_AFTER, 2 * self._probe_after)
+        self._probing = False
+        self.ceiling = ceiling
         self._set_rate(max(MIN_RATE, current * DECREASE), now)
 
     def _increase(self, now: float) -> None:
@@ -134,8 +155,9 @@ class RequestThrottle:
             self._at_ceiling_since = None
         elif self._at_ceiling_since is None:
             self._at_ceiling_since = now
-        elif now - self._at_ceiling_since >= PROBE_AFTER:
+        elif now - self._at_ceiling_since >= self._probe_after:
             self.ceiling *= PROBE_STEP
+            self._probing = True
             self._at_ceiling_since = None
 
     def _set_rate(self, rate: float, now: float) -> None:

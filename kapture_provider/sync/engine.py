@@ -7,11 +7,11 @@ One run:
 2. each chunk is compared with the ledger in one query per piece (a chunk of distinct orders is taken
    in growing pieces, so the first requests leave while the rest is mapped): same body hash as last
    delivered → ``unchanged``; a version older than the newest sent → ``stale``; anything else is sent;
-3. up to ``max_concurrency`` sending threads (started as orders are queued) share one hook. Each takes
-   the next order from a short queue, sends it and records the result in the ledger itself before it
-   takes another, so a run killed at any point resends at most ``max_concurrency`` orders when it is
-   run again, and no sending thread waits for the main thread (which reads, maps and decides the next
-   orders meanwhile);
+3. a pool of ``max_concurrency`` sending threads (started as orders are queued) shares one hook, whose
+   concurrency gate decides how many requests are in flight. Each thread takes the next order from a
+   short queue, sends it and records the result in the ledger itself before it takes another, so a
+   run killed at any point resends at most ``max_concurrency`` orders when it is run again, and no
+   sending thread waits for the main thread (which reads, maps and decides the next orders meanwhile);
 4. after the rows, orders that failed in earlier runs (of any interval) are resent from the body the
    ledger kept for them, unless this run already dealt with them. They are counted apart (``retried_*``):
    this run's own rows decide its failure ratio. An order Kapture refused ``park_after_refusals`` times
@@ -23,11 +23,11 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import logging
-import queue
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -79,6 +79,8 @@ class SyncSummary:
     kapture_down: bool = False
     duration_seconds: float = 0.0
     orders_per_second: float = 0.0
+    concurrency: int = 0  # requests in flight at most when the run ended (the adaptive limit it settled on)
+    learned_rate_limit: float | None = None  # requests/s Kapture allowed, as learned from its 429s
     failed_orders: list[dict[str, str]] = field(default_factory=list)
     invalid_rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -136,9 +138,10 @@ def _older_objects_frozen() -> Iterator[None]:
 class OrderSync:
     """Pushes prepared orders to Kapture, deciding per order with the ledger.
 
-    :param hook: the shared hook (its connection pool should keep ``max_concurrency`` connections).
+    :param hook: the shared hook (its connection pool should keep ``max_concurrency`` connections); its
+        concurrency gate decides how many of the sending threads' requests are in flight.
     :param ledger: where outcomes are recorded; ``None`` disables change detection (every valid row is sent).
-    :param max_concurrency: requests in flight at once.
+    :param max_concurrency: sending threads, the most requests in flight (default: the hook's ceiling).
     :param dry_run: decide and report, send and record nothing.
     :param progress_seconds: how often progress is logged.
     :param shard: ``(index, count)``: handle only the orders with ``shard_of(order_id, count) == index``.
@@ -156,7 +159,7 @@ class OrderSync:
         hook: KaptureHook,
         ledger: Ledger | None,
         *,
-        max_concurrency: int = 8,
+        max_concurrency: int | None = None,
         dry_run: bool = False,
         progress_seconds: float = 15.0,
         shard: tuple[int, int] | None = None,
@@ -164,6 +167,8 @@ class OrderSync:
         park_after_refusals: int | None = None,
         lease: Lease | None = None,
     ):
+        if max_concurrency is None:
+            max_concurrency = hook.concurrency.limit.ceiling
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self.hook = hook
@@ -183,12 +188,11 @@ class OrderSync:
         self._consecutive_transient = 0
         self._not_sent: list[Outcome] = []  # recorded as failed without a request once Kapture is down
         self._dry_run_ids: set[str] = set()  # failed orders a dry run counted as to send (it records nothing)
-        # sending: the main thread queues orders, the sending threads send and record them
-        self._queue: queue.Queue[_Send | None] = queue.Queue(maxsize=max_concurrency)
-        self._senders: list[threading.Thread] = []
+        # sending: the main thread queues orders, the pool's threads send and record them
+        self._senders: ThreadPoolExecutor | None = None  # started by the first order to send
+        self._room = threading.BoundedSemaphore(2 * max_concurrency)  # orders queued or being sent, at most
         self._lock = threading.Lock()  # guards the summary's counts and everything below
-        self._changed = threading.Condition(self._lock)  # notified when an order is done with
-        self._outstanding: set[str] = set()  # queued or being sent: not recorded yet
+        self._in_progress: dict[str, Future[None]] = {}  # queued or being sent: not recorded yet
         self._stopping = False  # the sending threads take no new requests (the run failed)
         self._failure: BaseException | None = None  # what stopped a sending thread, raised by the main thread
         self._started = 0.0  # monotonic, set when run() starts
@@ -236,7 +240,6 @@ class OrderSync:
         id_index: int | None,
     ) -> SyncSummary:
         requests_before = self.hook.requests_sent
-        self._senders = []
         reporter = threading.Thread(target=self._report_progress, name="kapture-sync-progress", daemon=True)
         reporter.start()
         try:
@@ -250,14 +253,13 @@ class OrderSync:
             self._stopping = True  # queued orders are not sent; requests in flight finish and are recorded
             raise
         finally:
-            for _ in self._senders:
-                self._queue.put(None)
-            for sender in self._senders:
-                sender.join()
+            if self._senders is not None:  # after a failure, queued orders are dropped unsent
+                self._senders.shutdown(wait=True, cancel_futures=self._stopping)
             self._done.set()
             reporter.join()
             self.summary.requests = self.hook.requests_sent - requests_before
             self.summary.kapture_down = self.kapture_down
+            self._summarise_concurrency()
             self._finish_timing()
         return self.summary
 
@@ -373,55 +375,58 @@ class OrderSync:
     # -- sending --------------------------------------------------------------------------------
     def _dispatch(self, item: _Send) -> None:
         """Queue an order for the sending threads (waits while the queue is full)."""
+        order_id = item.order.order_id
         with self._lock:
             self.summary.to_send += 1
             if self.dry_run:
                 return
-            while item.order.order_id in self._outstanding and self._failure is None:
-                self._changed.wait()  # never two requests for one order at once
-            self._raise_failure()
-            self._outstanding.add(item.order.order_id)
-        if len(self._senders) < self.max_concurrency:  # started as orders come: none for a run with nothing to send
-            sender = threading.Thread(target=self._send_queued, name=f"kapture-sync-{len(self._senders)}", daemon=True)
-            sender.start()
-            self._senders.append(sender)
-        self._queue.put(item)
+            earlier = self._in_progress.get(order_id)
+        if earlier is not None:
+            wait([earlier])  # never two requests for one order at once
+        self._raise_failure()
+        self._room.acquire()
+        if self._senders is None:  # threads start as orders come: none for a run with nothing to send
+            self._senders = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="kapture-sync")
+        future = self._senders.submit(self._send_queued, item)
+        with self._lock:
+            self._in_progress[order_id] = future
+        future.add_done_callback(lambda done: self._done_with(order_id, done))
+
+    def _done_with(self, order_id: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._in_progress.get(order_id) is future:
+                del self._in_progress[order_id]
+        self._room.release()
 
     def _wait_until_done(self) -> None:
         """Wait until every queued order is sent and recorded."""
         with self._lock:
-            while self._outstanding and self._failure is None:
-                self._changed.wait()
-            self._raise_failure()
+            queued = list(self._in_progress.values())
+        wait(queued)
+        self._raise_failure()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
             raise self._failure
 
-    def _send_queued(self) -> None:
-        """A sending thread: send the next queued order and record its outcome, until told to stop."""
-        while (item := self._queue.get()) is not None:
-            order_id = item.order.order_id
-            try:
-                if self._stopping:
-                    continue  # never sent: the run failed (its rows are read again by the next run)
-                if self.kapture_down:  # no request: recorded as failed, its body pending
-                    with self._lock:
-                        self._hold(item)
-                    continue
-                outcome, refusal = self._send(item)
-                self._record([outcome])
+    def _send_queued(self, item: _Send) -> None:
+        """In a sending thread: send a queued order and record its outcome."""
+        try:
+            if self._stopping:
+                return  # never sent: the run failed (its rows are read again by the next run)
+            if self.kapture_down:  # no request: recorded as failed, its body pending
                 with self._lock:
-                    self._count(outcome, item.owed)
-                    self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
-                if refusal is not None:
-                    raise refusal
-            except BaseException as err:
-                self._fail(err if isinstance(err, KaptureSetupError) else _unexpected(order_id, err))
-            finally:
-                with self._lock:
-                    self._outstanding.discard(order_id)
-                    self._changed.notify_all()
+                    self._hold(item)
+                return
+            outcome, refusal = self._send(item)
+            self._record([outcome])
+            with self._lock:
+                self._count(outcome, item.owed)
+                self._consecutive_transient = self._consecutive_transient + 1 if outcome.transient else 0
+            if refusal is not None:
+                raise refusal
+        except BaseException as err:
+            self._fail(err if isinstance(err, KaptureSetupError) else _unexpected(item.order.order_id, err))
 
     def _fail(self, failure: BaseException) -> None:
         """Stop the run: no more requests; the main thread raises ``failure``."""
@@ -481,6 +486,19 @@ class OrderSync:
                 {"order_id": outcome.order_id, "status": outcome.status, "error": outcome.error or ""}
             )
 
+    def _summarise_concurrency(self) -> None:
+        """The concurrency the hook's controller settled on and the rate limit it learned, into the summary."""
+        limit = self.hook.concurrency.limit
+        self.summary.concurrency = min(limit.current, self.max_concurrency)
+        ceiling = self.hook.throttle.ceiling
+        self.summary.learned_rate_limit = round(ceiling, 1) if ceiling is not None else None
+        if self._senders is not None:
+            log.info(
+                "Kapture concurrency at the end: %d requests in flight at most (%s, ceiling %d); %s",
+                self.summary.concurrency, "fixed" if limit.fixed else "adaptive", self.max_concurrency,
+                f"Kapture's rate limit learned: {ceiling:.1f} requests/s" if ceiling else "no rate limit met",
+            )  # fmt: skip
+
     def _summarise_owed(self) -> None:
         """What the ledger still owes Kapture after this run: this shard's orders only, when sharded, so that
         one shard's stuck orders fail that shard alone (the one whose retry can resend them)."""
@@ -532,7 +550,7 @@ class OrderSync:
         if not self._expected_rows:
             return ""
         with self._lock:
-            done = max(self._rows_decided - len(self._outstanding), 0)  # owed retries are outstanding, not rows
+            done = max(self._rows_decided - len(self._in_progress), 0)  # owed retries are outstanding, not rows
         share = min(done / self._expected_rows, 1.0)
         eta = f", ETA {elapsed * (1 - share) / share:.0f} s" if share > 0 else ""
         return f" of {self._expected_rows} ({share:.0%}){eta}"

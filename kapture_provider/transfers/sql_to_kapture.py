@@ -64,7 +64,11 @@ class SqlToKaptureOrdersOperator(BaseOperator):
     :param ledger_conn_id: where the change ledger lives: a SQLite, PostgreSQL, MySQL/MariaDB or DuckDB
         connection (default: ``sql_conn_id``, which must then be one of those).
     :param ledger_table: the ledger table (``name`` or ``schema.name``), created if missing.
-    :param max_concurrency: requests in flight at once (default 8).
+    :param max_concurrency: the most requests in flight at once (default 64). Below it the number adapts:
+        it grows while Kapture answers as fast as ever and shrinks when its answers slow down or it
+        answers 429 (see docs/concurrency.md).
+    :param concurrency: a fixed number of requests in flight instead of the adaptive one (default
+        ``None``: adaptive).
     :param max_requests_per_second: optional ceiling, spread evenly over time across all workers.
     :param chunk_size: rows fetched and compared with the ledger at a time.
     :param dry_run: read, map, validate and compare with the ledger; send and record nothing.
@@ -120,7 +124,8 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         version_column: str | None = None,
         ledger_conn_id: str | None = None,
         ledger_table: str = "kapture_order_sync_ledger",
-        max_concurrency: int = 8,
+        max_concurrency: int = 64,
+        concurrency: int | None = None,
         max_requests_per_second: float | None = None,
         chunk_size: int = 1000,
         dry_run: bool = False,
@@ -150,6 +155,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         self.ledger_conn_id = ledger_conn_id
         self.ledger_table = ledger_table
         self.max_concurrency = max_concurrency
+        self.concurrency = concurrency
         self.max_requests_per_second = max_requests_per_second
         self.chunk_size = chunk_size
         self.is_dry_run = dry_run
@@ -179,7 +185,11 @@ class SqlToKaptureOrdersOperator(BaseOperator):
             parameters,
         )
         rate = self.max_requests_per_second / self.shard_count if self.max_requests_per_second else None
-        kapture = KaptureHook(self.kapture_conn_id, pool_size=self.max_concurrency, max_requests_per_second=rate)
+        threads = self.concurrency or self.max_concurrency
+        kapture = KaptureHook(
+            self.kapture_conn_id, pool_size=threads, max_requests_per_second=rate,
+            max_concurrency=self.max_concurrency, concurrency=self.concurrency,
+        )  # fmt: skip
         metric_tags = self._metric_tags()
         if metric_tags is not None:
             kapture.metrics = RequestMetrics(metric_tags)
@@ -188,7 +198,7 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         engine = OrderSync(
             kapture,
             ledger,
-            max_concurrency=self.max_concurrency,
+            max_concurrency=threads,
             dry_run=self.is_dry_run,
             shard=(self.shard_index, self.shard_count),
             park_after_refusals=self.park_after_refusals,

@@ -4,9 +4,10 @@
    throw-away ``AIRFLOW_HOME``) is started as a subprocess five times, each killed with SIGKILL (whole
    process group) after a seeded random number of add-update requests seen by the emulator; each start
    resumes what the previous one left. A sixth run completes. After each kill the ledger may only lag
-   behind Kapture by the requests in flight (``max_concurrency`` = 8); at the end every valid order is in
-   Kapture with the warehouse's values, the ledger lists it delivered with the hash of exactly the body
-   Kapture holds, and the only orders Kapture received twice are ones in flight at a kill (≤ 8 per kill).
+   behind Kapture by the requests in flight (at most ``max_concurrency``); at the end every valid order
+   is in Kapture with the warehouse's values, the ledger lists it delivered with the hash of exactly the
+   body Kapture holds, and the only orders Kapture received twice are ones in flight at a kill (at most
+   ``max_concurrency`` per kill).
 2. ``kapture-emulator --port P`` is SIGKILLed mid-run and restarted on the same port: the run fails
    (the circuit breaker stops it) or retries its way through; a re-run delivers everything. A restarted
    emulator starts empty, so delivery is checked on the union of what both lives stored.
@@ -56,7 +57,7 @@ pytestmark = pytest.mark.system
 LOGICAL_DATE = "2026-11-26T02:00:00+00:00"  # data interval [01:00, 02:00)
 INTERVAL_START = dt.datetime(2026, 11, 26, 1)
 INTERVAL = {"start": "2026-11-26 01:00:00", "end": "2026-11-26 02:00:00"}
-MAX_CONCURRENCY = 8  # the example DAG's
+MAX_CONCURRENCY = load_example_dag().get_task(EXAMPLE_TASK_ID).max_concurrency  # the example DAG's ceiling
 SEEDS = (11, 22, 33, 44, 55)
 ORDERS, INVALID = 1500, 3
 KILL_AFTER = (1, 220)  # add-update requests seen by the emulator in one life, drawn per seed
@@ -104,7 +105,7 @@ def test_dag_task_sigkilled_at_random_points_resumes(
     reliability_report: Any,
 ) -> None:
     emulator = kapture_emulator
-    emulator.configure(latency=0.02)  # ~300 orders/s through 8 slots: a life sends for a few seconds
+    emulator.configure(latency=0.02)  # hundreds of orders/s: a life sends for a second or two
     env = {**cli_home, "AIRFLOW_CONN_KAPTURE_DEFAULT": emulator.connection_json()}
     rows = list(generate_orders(ORDERS, INTERVAL_START, INTERVAL_START + dt.timedelta(hours=1), invalid=INVALID))
     sqlite_warehouse.insert_orders(rows)

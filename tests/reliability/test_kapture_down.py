@@ -81,8 +81,8 @@ def test_default_bound_is_documented(reliability_report: Any) -> None:
         waves=math.ceil((n + c - 1) / c) + 1,
         **{f"bound_{name}": value for name, value in bounds.items()},
     )
-    assert (n, c, r, d.connect_timeout, d.backoff_base, d.backoff_max) == (32, 8, 5, 10.0, 0.5, 30.0)
-    assert bounds["refused"] == pytest.approx(6 * 15.5) and bounds["dropped"] == pytest.approx(6 * (60 + 15.5))
+    assert (n, c, r, d.connect_timeout, d.backoff_base, d.backoff_max) == (32, 64, 5, 10.0, 0.5, 30.0)
+    assert bounds["refused"] == pytest.approx(3 * 15.5) and bounds["dropped"] == pytest.approx(3 * (60 + 15.5))
 
 
 def operator_kwargs(parameters: dict[str, str]) -> dict[str, Any]:
