@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from kapture_provider.compat import AirflowException, AirflowFailException, BaseOperator, Context, mask_secret
 from kapture_provider.exceptions import KaptureError, KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.lineage_methods import ReportsLineage
 from kapture_provider.metrics import RequestMetrics, emit_run, metrics_enabled, task_tags
 from kapture_provider.payload import InvalidOrder, NullValues, check_null_values, personal_values, prepare_order
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
 
-class UpdateOrderOperator(BaseOperator):
+class UpdateOrderOperator(ReportsLineage, BaseOperator):
     """Validate and send one order body, or a list of them, to Kapture's add-update endpoint.
 
     Every body is validated first (``order_info.order_id`` and ``customer_info.customer_name``
@@ -110,18 +111,6 @@ class UpdateOrderOperator(BaseOperator):
                 f"{self.max_failed_orders}): {problems}"
             )
         return summary
-
-    def get_openlineage_facets_on_start(self) -> OperatorLineage:
-        """OpenLineage: Kapture's orders written."""
-        return self._lineage()
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
-        """As on start, with the counts and ``outputStatistics.rowCount`` = orders delivered."""
-        return self._lineage()
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
-        """As on complete."""
-        return self._lineage()
 
     def _lineage(self) -> OperatorLineage:
         from kapture_provider.lineage import update_lineage  # only with the OpenLineage provider installed

@@ -18,6 +18,7 @@ from kapture_provider.compat import (
 )
 from kapture_provider.exceptions import KaptureSetupError
 from kapture_provider.hooks.kapture import KaptureHook
+from kapture_provider.lineage_methods import ReportsLineage
 from kapture_provider.metrics import RequestMetrics, emit_owed, emit_run, metrics_enabled, task_tags
 from kapture_provider.payload import ORDER_ID_PATH, MappingError, NullValues, check_null_values
 from kapture_provider.sync.dialect import LEDGER_DATABASES, quote_identifier
@@ -40,7 +41,7 @@ _LOGGED_PROBLEMS = 20
 _EVENT_COUNTS = ("rows_read", "succeeded", "failed", "invalid", "unchanged", "stale", "retried")
 
 
-class SqlToKaptureOrdersOperator(BaseOperator):
+class SqlToKaptureOrdersOperator(ReportsLineage, BaseOperator):
     """Read orders with a SQL query and add/update them in Kapture, sending only what changed.
 
     Columns map to the order body by name (see :mod:`kapture_provider.payload`); ``_``-prefixed
@@ -310,18 +311,6 @@ class SqlToKaptureOrdersOperator(BaseOperator):
         if id_column is None:
             return sql, None  # the mapping reports the missing order id before anything is sent
         return newest_per_order(source, sql, id_column, self.version_column), id_column
-
-    def get_openlineage_facets_on_start(self) -> OperatorLineage:
-        """OpenLineage: the query's tables and the ledger read; the ledger and Kapture's orders written."""
-        return self._lineage()
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
-        """As on start, with the run's counts and ``outputStatistics.rowCount`` = orders delivered."""
-        return self._lineage()
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
-        """As on complete: a failed run has counts too when it got as far as its summary."""
-        return self._lineage()
 
     def _lineage(self) -> OperatorLineage:
         from kapture_provider.lineage import sync_lineage  # only with the OpenLineage provider installed

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from kapture_erp_orders import ALL_ORDERS_SQL, CHANGED_ORDERS_SQL
 
-from kapture_provider.compat import BaseHook
+from kapture_provider.compat import AIRFLOW_V_3_0_PLUS, BaseHook
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync, SyncSummary
 from kapture_provider.sync.lease import Lease, LeaseHolder, LeaseTimeout
@@ -101,6 +101,11 @@ def test_two_runs_started_together_send_every_order_once(
     assert re.search(r"held by run '(scheduled|backfill)__1' of kapture_erp_order_sync\.sync_orders on ", waits[0])
 
 
+@pytest.mark.skipif(
+    not AIRFLOW_V_3_0_PLUS,
+    reason="Airflow 2's ExecutorSafeguard keeps its state per thread, so an operator cannot execute() in a "
+    "second thread; the engine-level case above covers the lease on Airflow 2",
+)
 def test_the_hourly_sync_and_the_full_diff_started_together_send_every_order_once(
     ledger_db: Any, slow_kapture: KaptureEmulator
 ) -> None:
