@@ -20,7 +20,7 @@ from test_metrics import airflow_cli, example_sync
 from kapture_provider.hooks.kapture import ORDER_PATH
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, Fault, KaptureEmulator
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system  # runs the airflow CLI (airflow dags test)
 
 LOGICAL_DATE = "2026-11-26T02:00:00+00:00"  # the interval [01:00, 02:00)
 SYNC_JOB = "kapture_erp_order_sync.sync_changed_orders"

@@ -26,7 +26,7 @@ import pytest
 
 from kapture_provider.testing.emulator import ADD_UPDATE_PATH, Fault, KaptureEmulator
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.system  # runs the airflow CLI (airflow dags test)
 
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
