@@ -36,6 +36,10 @@ DELIVERED, OWED, PARKED, INVALID = "delivered", "failed", "parked", "invalid"
 #: A ledger table name: a plain identifier, or ``schema.identifier``.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _LOOKUP_BATCH = 500
+#: Ledgers of this process create their tables one at a time. A DuckDB file is open in one process only, so
+#: this is all it takes there (its catalog refuses two creations at once); other engines' races across
+#: processes are met by ``Ledger.create``'s second look.
+_CREATING = threading.Lock()
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -203,13 +207,14 @@ class Ledger:
         the sessions racing the one that creates the table (or adds a column) fail ("already exists") as
         soon as it commits; they roll back and find everything there.
         """
-        try:
-            create_table(self.conn, self.dialect, self.table)
-        except Exception:
-            self._rollback()
-            if not self.exists():
-                raise
-            create_table(self.conn, self.dialect, self.table)  # a no-op now, run so that a real error is not hidden
+        with _CREATING:
+            try:
+                create_table(self.conn, self.dialect, self.table)
+            except Exception:
+                self._rollback()
+                if not self.exists():
+                    raise
+                create_table(self.conn, self.dialect, self.table)  # a no-op now, run so that a real error shows
 
     @_serialized
     def lookup(self, order_ids: Sequence[str]) -> dict[str, LedgerEntry]:
