@@ -129,11 +129,11 @@ class _AnswerReader(io.BufferedReader):
     def close(self) -> None:
         if not self.closed:
             self._probe.probing = True
-            if self.peek(1) or _unread_in_tls(self._sock):
-                try:
+            try:
+                if self.peek(1) or _unread_in_tls(self._sock):
                     self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # closed already
+            except (OSError, ValueError):
+                pass  # the socket is closed already: nothing of it can be reused
         super().close()
 
 
