@@ -42,7 +42,7 @@ from hostile_kit import (
     run_sync,
     server_tls,
 )
-from network_kit import Pki, make_pki
+from network_kit import Pki
 
 from kapture_provider.compat import AirflowFailException
 from kapture_provider.exceptions import (
@@ -55,7 +55,7 @@ from kapture_provider.exceptions import (
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.payload import prepare_order
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("clean_environment")]
 
 CONN_ID = "kapture_hostile"
 LOGIN = "sync-robot"
@@ -65,27 +65,11 @@ DELIVERED = "delivered"
 FAILED = "failed"
 TIMEOUT = 2.0  # read timeout of the cases that do not wait for it
 SHORT_TIMEOUT = 1.0  # read timeout of the slow-answer cases
-ENVIRONMENT = (
-    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-)  # fmt: skip
 OFFERED = 2 * 1024**3  # what the oversized answers offer: 2 GiB
 BLOCK = 64 * 1024
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No proxy or CA setting of the machine running the tests leaks in."""
-    for name in ENVIRONMENT:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(params=["http", "https"])

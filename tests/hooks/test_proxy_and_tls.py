@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from network_kit import Pki, RecordingRelay, TinyProxy, make_pki
+from network_kit import Pki, RecordingRelay, TinyProxy
 
 from kapture_provider.exceptions import Cause, KaptureConnectionError
 from kapture_provider.hooks.kapture import KaptureHook
 from kapture_provider.sync.engine import OrderSync
 from kapture_provider.testing.emulator import KaptureEmulator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_environment")]
 
 CONN_ID = "kapture_network_test"
 CANARY = "tunnel-canary-7731"
@@ -32,23 +32,7 @@ ORDER: dict[str, Any] = {
     "customer_info": {"customer_name": CUSTOMER, "phone": "9380491257"},
     "order_info": {"order_id": "N-42", "remarks": CANARY},
 }
-ENVIRONMENT = (
-    "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE",
-)  # fmt: skip
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "max_retries": 3}
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No proxy or CA setting of the machine running the tests leaks in."""
-    for name in ENVIRONMENT:
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
