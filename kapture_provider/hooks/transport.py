@@ -280,7 +280,8 @@ class Transport:
         if any(_FORBIDDEN_IN_FIELD.search(value) for value in headers.values()):
             raise self._invalid("a control character in a header")
         lengths = set(headers.getlist("content-length"))
-        if lengths and headers.get("transfer-encoding") is not None:
+        coding = headers.get("transfer-encoding")
+        if lengths and coding is not None:
             raise self._invalid("both Content-Length and Transfer-Encoding")
         if len(lengths) > 1:
             raise self._invalid("conflicting Content-Length headers")
@@ -290,7 +291,6 @@ class Transport:
                 raise self._invalid(f"an invalid Content-Length {length[:20]!r}")
             if int(length) > MAX_ANSWER_BYTES:
                 raise self._too_large()
-        coding = headers.get("transfer-encoding")
         if coding is not None and coding.strip().lower() != "chunked":
             raise self._invalid(f"an unsupported Transfer-Encoding {coding[:20]!r}")
         content_coding = (headers.get("content-encoding") or "identity").strip().lower()
